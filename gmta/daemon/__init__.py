@@ -1,0 +1,1 @@
+"""The process shell: start the configured modules, wait for signals, stop cleanly."""

@@ -1,0 +1,54 @@
+"""``gmta run``: the foreground process.
+
+Signal handlers only enqueue (peers-and-style §7.6.9); the main greenlet
+takes signals off the queue and acts. SIGTERM and SIGINT stop the modules in
+the reverse order of starting them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import gevent
+from gevent.queue import Queue
+
+import gmta.log
+from gmta import __version__
+from gmta.config.loader import LoadedConfig
+
+log = gmta.log.get("daemon")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def prepare_directories(config: LoadedConfig) -> None:
+    """Create ``state_dir`` and ``runtime_dir`` if they are missing."""
+    for path in (config.state_dir, config.runtime_dir):
+        os.makedirs(path, mode=0o750, exist_ok=True)
+
+
+def serve(config: LoadedConfig) -> int:
+    """Start every configured module, run until a stop signal, stop; returns the exit status."""
+    signals: Queue = Queue()
+    handlers = [gevent.signal_handler(sig, signals.put_nowait, sig) for sig in STOP_SIGNALS]
+    started = []
+    try:
+        prepare_directories(config)
+        for instance in config.instances:
+            instance.start()
+            started.append(instance)
+        log.info("started", version=__version__, config=config.file, pid=os.getpid(),
+                 endpoints=len(config.endpoints))
+        sig = signals.get()
+        log.info("stopping", signal=signal.Signals(sig).name)
+    finally:
+        for instance in reversed(started):
+            try:
+                instance.stop()
+            except Exception as e:  # one module failing to stop must not keep others running
+                log.error("stop_failed", module=instance.instance_name, error=repr(e))
+        for handler in handlers:
+            handler.cancel()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,49 @@
+"""The interface that joins receiving, routing, queueing and delivering (DESIGN §3).
+
+A *delivery target* starts one :class:`Delivery` per message. The endpoint
+(or the queue, on retry) then adds recipients one by one, hands over the
+body, and either commits or aborts. Every failure is an ``SMTPError``;
+anything else escaping a target is treated as temporary by the caller.
+
+The pipeline is a target, the queue is a target that wraps a target, and
+remote, smtp, lmtp, maildir and dummy are targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+
+@dataclass
+class MessageMeta:
+    """What is known about a message besides its envelope and bytes."""
+
+    id: str
+    #: ESMTP parameters of MAIL FROM (SIZE, BODY, SMTPUTF8, REQUIRETLS, RET, ENVID...).
+    mail_params: dict = field(default_factory=dict)
+    #: Connection facts (peer address, EHLO name, TLS, authenticated user...).
+    conn: dict = field(default_factory=dict)
+    #: Set by checks: targets that deliver to the outside refuse such messages.
+    quarantine: bool = False
+    #: final recipient -> recipient as first received (before alias rewriting).
+    original_rcpts: dict = field(default_factory=dict)
+
+
+class Delivery(Protocol):
+    def add_rcpt(self, rcpt: str, params: dict | None = None) -> None:
+        """Accept *rcpt* for this message or raise SMTPError."""
+
+    def body(self, header: bytes, body: BinaryIO) -> None:
+        """Take the message: *header* (with the final CRLF) and a readable body stream."""
+
+    def commit(self) -> None:
+        """Make the delivery final; after this returns the target owns the message."""
+
+    def abort(self) -> None:
+        """Forget the message; safe to call at any point, including after a failure."""
+
+
+class Target(Protocol):
+    def start_delivery(self, meta: MessageMeta, mail_from: str) -> Delivery:
+        """Begin a message from *mail_from* (``""`` for the null sender)."""

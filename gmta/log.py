@@ -1,0 +1,107 @@
+"""Logs are data: one event per line, ``key=value`` (DESIGN §4.7).
+
+Use :func:`get` for a logger and pass fields as keywords::
+
+    log = gmta.log.get("endpoint")
+    log.info("listening", endpoint="tcp://127.0.0.1:2525")
+    # -> level=info module=endpoint event=listening endpoint=tcp://127.0.0.1:2525
+
+Values with spaces, quotes or ``=`` are quoted. Callers never pass secrets.
+Output goes through the standard ``logging`` package, configured once by
+:func:`setup` from the global ``log`` and ``debug`` directives.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import sys
+import time
+
+_ROOT = "gmta"
+_BARE = re.compile(r"[^\s\"=\\]+\Z")
+
+
+def format_value(value: object) -> str:
+    text = str(value)
+    if _BARE.match(text):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def format_fields(fields: dict) -> str:
+    return " ".join(f"{k}={format_value(v)}" for k, v in fields.items() if v is not None)
+
+
+class EventLogger:
+    """A thin front for ``logging.Logger`` that takes an event name and fields."""
+
+    def __init__(self, module: str):
+        self.module = module
+        self._logger = logging.getLogger(f"{_ROOT}.{module}")
+
+    def _log(self, level: int, event: str, fields: dict) -> None:
+        if self._logger.isEnabledFor(level):
+            line = format_fields({"module": self.module, "event": event, **fields})
+            self._logger.log(level, line)
+
+    def debug(self, event: str, **fields) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields) -> None:
+        self._log(logging.ERROR, event, fields)
+
+    @property
+    def debug_enabled(self) -> bool:
+        return self._logger.isEnabledFor(logging.DEBUG)
+
+
+def get(module: str) -> EventLogger:
+    return EventLogger(module)
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, timestamps: bool):
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "warn" if record.levelno == logging.WARNING else record.levelname.lower()
+        line = f"level={level} {record.getMessage()}"
+        if self.timestamps:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            line = f"ts={stamp}.{int(record.msecs):03d}Z {line}"
+        return line
+
+
+def setup(targets, debug: bool = False, stream=None) -> None:
+    """Route gmta's logs to *targets* (``LogTarget`` values); an empty list is ``log off``."""
+    root = logging.getLogger(_ROOT)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+    for target in targets:
+        if target.kind in ("stderr", "stderr_ts"):
+            handler = logging.StreamHandler(stream or sys.stderr)
+            handler.setFormatter(_Formatter(timestamps=target.kind == "stderr_ts"))
+        elif target.kind == "syslog":
+            handler = logging.handlers.SysLogHandler(address="/dev/log",
+                                                     facility=logging.handlers.SysLogHandler.LOG_MAIL)
+            handler.setFormatter(_Formatter(timestamps=False))
+        else:
+            # WatchedFileHandler reopens the file when logrotate moves it.
+            handler = logging.handlers.WatchedFileHandler(target.path)
+            handler.setFormatter(_Formatter(timestamps=True))
+        root.addHandler(handler)
+    if not targets:
+        root.addHandler(logging.NullHandler())

@@ -1,0 +1,7 @@
+"""Imports every module package so their classes are in the registry.
+
+The config layer does not import the modules (they sit above it, DESIGN §3);
+the program does, once, through this file. A new module is added here.
+"""
+
+import gmta.target.dummy  # noqa: F401

@@ -1,0 +1,1 @@
+"""Delivery targets: where accepted mail goes (remote MX, smarthost, LMTP, Maildir)."""

@@ -1,0 +1,38 @@
+from setuptools import find_packages, setup
+
+
+def version():
+    # Read the literal from the package without importing it (it is not installed yet).
+    with open("gmta/__init__.py", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip('"')
+    raise RuntimeError("no __version__ in gmta/__init__.py")
+
+
+setup(
+    name="gmta",
+    version=version(),
+    description="A mail transfer agent in Python on gevent, configured like maddy",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["gmta", "gmta.*"]),
+    install_requires=[
+        "gevent>=22.10",
+        "dnspython>=2.3",
+        "cryptography>=41",
+        "click>=8.1",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6", "pytest-cov>=4",
+                 "pytest-xdist>=3"],
+    },
+    entry_points={"console_scripts": ["gmta = gmta.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Communications :: Email :: Mail Transport Agents",
+        "Framework :: gevent",
+    ],
+)
