@@ -12,7 +12,10 @@ remote, smtp, lmtp, maildir and dummy are targets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gmta.buffer import Buffer
 
 
 @dataclass
@@ -34,8 +37,11 @@ class Delivery(Protocol):
     def add_rcpt(self, rcpt: str, params: dict | None = None) -> None:
         """Accept *rcpt* for this message or raise SMTPError."""
 
-    def body(self, header: bytes, body: BinaryIO) -> None:
-        """Take the message: *header* (with the final CRLF) and a readable body stream."""
+    def body(self, header: bytes, body: "Buffer") -> None:
+        """Take the message: *header* (up to and including the empty line) and the body.
+
+        ``body.open()`` may be called as often as the target needs.
+        """
 
     def commit(self) -> None:
         """Make the delivery final; after this returns the target owns the message."""

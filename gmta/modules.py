@@ -5,3 +5,4 @@ the program does, once, through this file. A new module is added here.
 """
 
 import gmta.target.dummy  # noqa: F401
+import gmta.target.maildir  # noqa: F401

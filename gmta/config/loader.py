@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from gmta.config import module as registry
 from gmta.config.module import Module
 from gmta.config.parser import Node, Parser
-from gmta.config.reader import (Bool, Custom, Directive, Domain, Values, read_block,
-                                state_relative)
+from gmta.config.reader import Bool, Custom, Directive, Domain, Values, read_block, state_relative
 from gmta.config.tls import parse_client_tls, parse_server_tls
 from gmta.errors import ConfigError, ConfigErrors
 

@@ -211,7 +211,6 @@ class Parser:
             raise ConfigError("hit import expansion limit", *where)
 
         if target in self.snippets:
-            key = "(" + target + ")"
             # Each import gets its own copy: later passes (env expansion)
             # change nodes in place.
             return copy.deepcopy(self.snippets[target])

@@ -121,7 +121,7 @@ def parse_server_tls(node: Node, ctx: "Context") -> TLSServerConfig:
         raise where.error("tls: expected certificate and key paths in pairs",
                           hint="tls file CERT KEY [CERT2 KEY2 ...]")
     pairs = []
-    for cert, key in zip(args[0::2], args[1::2]):
+    for cert, key in zip(args[0::2], args[1::2], strict=True):
         cert, key = ctx.state_path(cert), ctx.state_path(key)
         _check_pem(where, cert, "CERTIFICATE", "certificate")
         _check_pem(where, key, "PRIVATE KEY", "private key")

@@ -1,0 +1,166 @@
+"""``target.maildir``: local delivery into Maildirs that Dovecot can read.
+
+Per recipient, the directory comes from a template such as
+``maildir/{domain}/{local}`` (relative to ``state_dir``). Each message is
+written to ``tmp/``, fsynced, and at commit renamed into ``new/`` and the
+directory fsynced, following the Maildir contract (tmp → new, unique names):
+a reader never sees a partial message, and once ``commit()`` returns the
+message survives a crash.
+
+Added header fields (as a mailbox's delivery agent adds them, RFC 5321 §4.4):
+``Return-Path: <sender>`` and ``Delivered-To: <recipient>``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import time
+
+import gmta.log
+from gmta.config.module import Module, register
+from gmta.config.reader import Bool, Directive, Path
+from gmta.delivery import MessageMeta
+from gmta.durable import fsync_dir, in_threadpool
+from gmta.errors import SMTPError
+
+log = gmta.log.get("target.maildir")
+
+_PLACEHOLDERS = ("{local}", "{domain}", "{address}")
+_counter = itertools.count(1)
+
+
+def unique_name() -> str:
+    """A Maildir file name unique across processes and hosts (Dovecot's shape)."""
+    now = time.time()
+    seconds = int(now)
+    micros = int((now - seconds) * 1_000_000)
+    host = os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
+    return (f"{seconds}.M{micros}P{os.getpid()}Q{next(_counter)}"
+            f"R{secrets.token_hex(8)}.{host}")
+
+
+def split_address(address: str) -> tuple[str, str]:
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address, ""
+    return local, domain
+
+
+class MaildirDelivery:
+    def __init__(self, target: "MaildirTarget", meta: MessageMeta, mail_from: str):
+        self.target = target
+        self.meta = meta
+        self.mail_from = mail_from
+        self.maildirs: dict[str, str] = {}
+        # (maildir, file name) written to tmp/ and waiting for commit.
+        self.pending: list[tuple[str, str]] = []
+
+    def add_rcpt(self, rcpt: str, params: dict | None = None) -> None:
+        if rcpt not in self.maildirs:
+            self.maildirs[rcpt] = self.target.maildir_for(rcpt)
+
+    def body(self, header: bytes, body) -> None:
+        for rcpt, maildir in self.maildirs.items():
+            prefix = (f"Return-Path: <{self.mail_from}>\r\n"
+                      f"Delivered-To: {rcpt}\r\n").encode("utf-8")
+            try:
+                name = in_threadpool(self.target.write_tmp, maildir, prefix + header, body)
+            except OSError as e:
+                log.error("write_failed", msg_id=self.meta.id, rcpt=rcpt, maildir=maildir,
+                          error=e.strerror or str(e))
+                raise SMTPError(451, (4, 3, 0), "Local delivery failed, try again later") from None
+            self.pending.append((maildir, name))
+
+    def commit(self) -> None:
+        try:
+            in_threadpool(self.target.move_to_new, list(self.pending))
+        except OSError as e:
+            log.error("commit_failed", msg_id=self.meta.id, error=e.strerror or str(e))
+            raise SMTPError(451, (4, 3, 0), "Local delivery failed, try again later") from None
+        for maildir, name in self.pending:
+            log.info("delivered", msg_id=self.meta.id, maildir=maildir, file=name)
+        self.pending = []
+
+    def abort(self) -> None:
+        for maildir, name in self.pending:
+            try:
+                os.unlink(os.path.join(maildir, "tmp", name))
+            except FileNotFoundError:
+                pass
+        self.pending = []
+
+
+@register
+class MaildirTarget(Module):
+    name = "target.maildir"
+    kinds = frozenset({"target"})
+    max_inline_args = 1
+    directives = (
+        Directive("path", Path(), doc="Maildir path template with {local}, {domain}, {address}"),
+        Directive("create", Bool(), True, doc="create missing Maildirs (cur, new, tmp)"),
+    )
+
+    def configure(self, cfg, ctx) -> None:
+        template = cfg.path
+        if self.inline_args:
+            if cfg.given("path"):
+                raise cfg.error("path", "give the Maildir path either inline or with 'path', "
+                                        "not both")
+            template = ctx.state_path(self.inline_args[0])
+        if template is None:
+            raise self.node.error("missing required directive: path",
+                                  hint="such as 'path maildir/{domain}/{local}'")
+        if not any(p in template for p in _PLACEHOLDERS):
+            ctx.warn(self.node, f"Maildir path {template} has no {{local}}, {{domain}} or "
+                                "{address}: every recipient shares one Maildir")
+        self.template = template
+        self.create = cfg.create
+
+    def maildir_for(self, rcpt: str) -> str:
+        """The Maildir of *rcpt*, refusing addresses that would escape the template."""
+        local, domain = split_address(rcpt.lower())
+        for part in (local, domain):
+            # A '/' or a '..' component would write outside the mail tree.
+            if "/" in part or "\0" in part or part in (".", "..") or part.startswith("."):
+                raise SMTPError(550, (5, 1, 3), "Mailbox name not allowed")
+        path = (self.template.replace("{address}", rcpt.lower())
+                .replace("{local}", local).replace("{domain}", domain))
+        if not self.create and not os.path.isdir(os.path.join(path, "new")):
+            raise SMTPError(550, (5, 1, 1), "Mailbox does not exist")
+        return path
+
+    def start_delivery(self, meta: MessageMeta, mail_from: str) -> MaildirDelivery:
+        return MaildirDelivery(self, meta, mail_from)
+
+    # -- blocking file work, run in the threadpool ---------------------------
+
+    def write_tmp(self, maildir: str, header: bytes, body) -> str:
+        if self.create:
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
+        name = unique_name()
+        path = os.path.join(maildir, "tmp", name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb", buffering=1 << 16, closefd=False) as out:
+                out.write(header)
+                with body.open() as src:
+                    while chunk := src.read(1 << 16):
+                        out.write(chunk)
+            # The data must be on disk before the name moves into new/.
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        return name
+
+    @staticmethod
+    def move_to_new(pending: list[tuple[str, str]]) -> None:
+        for maildir, name in pending:
+            os.rename(os.path.join(maildir, "tmp", name), os.path.join(maildir, "new", name))
+        for maildir in {m for m, _ in pending}:
+            fsync_dir(os.path.join(maildir, "new"))
