@@ -4,5 +4,6 @@ The config layer does not import the modules (they sit above it, DESIGN §3);
 the program does, once, through this file. A new module is added here.
 """
 
+import gmta.endpoint.smtp  # noqa: F401
 import gmta.target.dummy  # noqa: F401
 import gmta.target.maildir  # noqa: F401

@@ -1,0 +1,1 @@
+"""Endpoint modules ``smtp``, ``submission`` and ``lmtp``: glue between net and the pipeline."""

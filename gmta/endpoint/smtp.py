@@ -1,0 +1,367 @@
+"""Endpoint modules ``smtp`` and ``lmtp`` (spec: smtp-endpoint.md).
+
+A top-level block ``smtp ADDRESS... { ... }`` listens on each address and runs
+one session per connection. The session glues the protocol machine (through
+the driver of ``gmta.net.session``) to the block's pipeline: MAIL starts a
+delivery, each RCPT is added to it, the body is buffered (``buffer``), a
+``Received:`` field is prepended, and the delivery is committed before the
+``250`` (DESIGN §4.1: the targets fsync before ``commit()`` returns).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import secrets
+
+import gevent
+from gevent.pool import Group
+
+import gmta.log
+from gmta.buffer import BufferPolicy, BufferWriter
+from gmta.config.module import Module, register
+from gmta.config.parser import Node
+from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, Size
+from gmta.config.tls import TLSServerConfig, parse_server_tls
+from gmta.config.values import parse_endpoint, parse_size
+from gmta.delivery import MessageMeta
+from gmta.errors import SMTPError
+from gmta.net import listen
+from gmta.net.session import SessionDriver
+from gmta.net.tls import server_context
+from gmta.pipeline.pipeline import HANDLING_DIRECTIVES, Pipeline
+from gmta.proto.grammar import domain_to_ascii
+from gmta.proto.server import ServerConnection
+
+log = gmta.log.get("endpoint")
+
+
+def parse_buffer(node: Node, ctx) -> BufferPolicy:
+    """``buffer ram`` | ``buffer fs [DIR]`` | ``buffer auto [MAX] [DIR]``."""
+    if node.children is not None:
+        raise node.error("buffer does not take a block")
+    args = node.args
+    default_dir = ctx.state_path("buffer")
+    if not args:
+        raise node.error("buffer: expected ram, fs [DIR] or auto [MAX] [DIR]")
+    mode = args[0].lower()
+    if mode == "ram" and len(args) == 1:
+        return BufferPolicy("ram")
+    if mode == "fs" and len(args) <= 2:
+        return BufferPolicy("fs", 0, ctx.state_path(args[1]) if len(args) == 2 else default_dir)
+    if mode == "auto" and len(args) <= 3:
+        limit = 1 << 20
+        directory = default_dir
+        if len(args) >= 2:
+            try:
+                limit = parse_size([args[1]])
+            except ValueError as e:
+                raise node.error(f"buffer: {e}") from None
+        if len(args) == 3:
+            directory = ctx.state_path(args[2])
+        return BufferPolicy("auto", limit, directory)
+    raise node.error(f"buffer: invalid arguments {' '.join(args)!r}",
+                     hint="use ram, fs [DIR] or auto [MAX] [DIR]")
+
+
+ENDPOINT_DIRECTIVES = (
+    Directive("hostname", Domain(), required=True, inherit_global=True,
+              doc="name in the banner and Received"),
+    Directive("tls", Custom(parse_server_tls, "off | self_signed | [file] CERT KEY..."),
+              inherit_global=True, doc="certificates for STARTTLS and tls:// listeners"),
+    Directive("io_debug", Bool(), False, doc="log every command and reply"),
+    Directive("debug", Bool(), False, inherit_global=True, doc="verbose logging"),
+    Directive("read_timeout", Duration(), 600.0, doc="idle time before 421"),
+    Directive("write_timeout", Duration(), 60.0, doc="time allowed for each write"),
+    Directive("max_message_size", Size(), 32 << 20, doc="largest accepted message"),
+    Directive("max_header_size", Size(), 1 << 20, doc="largest accepted header"),
+    Directive("max_recipients", Int(minimum=1), 20000, doc="recipients per message"),
+    Directive("max_received", Int(minimum=1), 50, doc="Received fields before 554 5.4.6"),
+    Directive("smtp_max_line_length", Int(minimum=512), 4000, doc="longest command/data line"),
+    Directive("buffer", Custom(parse_buffer, "ram | fs [DIR] | auto [MAX] [DIR]"),
+              doc="where bodies wait until delivery"),
+    Directive("shutdown_timeout", Duration(), 180.0, doc="grace period for open sessions"),
+    Directive("dmarc", Bool(), True,
+              doc="DMARC enforcement: parsed, waits for the sender-authentication checks"),
+) + HANDLING_DIRECTIVES
+
+
+class EndpointSession:
+    """The handler of one connection (see ``gmta.net.session.SessionHandler``)."""
+
+    def __init__(self, endpoint: "SMTPEndpoint", peer: tuple, session_id: str, implicit_tls: bool):
+        self.endpoint = endpoint
+        self.peer = peer
+        self.session_id = session_id
+        self.tls = implicit_tls
+        self.helo_name = ""
+        self.esmtp = False
+        self.delivery = None
+        self.mail_from = ""
+        self.smtputf8 = False
+        self.rcpts: list[str] = []
+        self.meta: MessageMeta | None = None
+        self.writer: BufferWriter | None = None
+        self.header = bytearray()
+        self.header_done = False
+        self.committed = False
+
+    # -- handler methods -------------------------------------------------------------
+
+    def connected(self) -> None:
+        log.info("connected", session=self.session_id, peer=_peer_text(self.peer),
+                 endpoint=self.endpoint.instance_name)
+
+    def helo(self, name: str, esmtp: bool) -> None:
+        self.helo_name = name
+        self.esmtp = esmtp
+
+    def tls_started(self, sock) -> None:
+        self.tls = True
+        log.debug("tls", session=self.session_id, version=sock.version(), cipher=sock.cipher()[0])
+
+    def auth(self, event) -> None:
+        raise SMTPError(504, (5, 7, 4), "Authentication is not enabled on this endpoint")
+
+    def mail(self, event) -> None:
+        self.transaction_ended()
+        self.meta = MessageMeta(
+            id=secrets.token_hex(8),
+            mail_params={"size": event.size, "body": event.body and str(event.body),
+                         "smtputf8": event.smtputf8, "requiretls": event.requiretls,
+                         "ret": event.ret and str(event.ret), "envid": event.envid},
+            conn={"peer": _peer_text(self.peer), "helo": self.helo_name, "tls": self.tls,
+                  "proto": self._protocol_name(event.smtputf8)})
+        self.mail_from = event.address
+        self.smtputf8 = event.smtputf8
+        self.delivery = self.endpoint.pipeline.start_delivery(self.meta, event.address)
+        self.committed = False
+        log.debug("mail", session=self.session_id, msg_id=self.meta.id, sender=event.address)
+
+    def rcpt(self, event) -> None:
+        params = {"notify": event.notify and sorted(str(n) for n in event.notify),
+                  "orcpt": event.orcpt}
+        try:
+            self.delivery.add_rcpt(event.address, params)
+        except SMTPError as error:
+            log.info("rcpt_refused", session=self.session_id, msg_id=self.meta.id,
+                     rcpt=event.address, reply=str(error))
+            raise
+        self.rcpts.append(event.address)
+
+    def data_start(self) -> None:
+        self.writer = self.endpoint.buffer_policy.writer()
+        self.header = bytearray()
+        self.header_done = False
+
+    def body_chunk(self, data: bytes) -> None:
+        if self.header_done:
+            self.writer.write(data)
+            return
+        # The header ends at the first empty line (RFC 5322 §2.1); the machine
+        # bounds its size (max_header_size), so collecting it here is bounded.
+        self.header += data
+        end = _header_end(self.header)
+        if end is not None:
+            self.header_done = True
+            self.writer.write(bytes(self.header[end:]))
+            del self.header[end:]
+
+    def message_end(self) -> list[SMTPError | None] | None:
+        header = bytes(self.header)
+        if not self.header_done and header and not header.endswith(b"\r\n"):
+            # A message without an empty line is all header (RFC 5322 §2.1);
+            # a final line without CRLF gets one so the header stays parseable.
+            header += b"\r\n"
+        received = _count_received(header)
+        if received >= self.endpoint.max_received:
+            raise SMTPError(554, (5, 4, 6), f"Too many Received header fields ({received}), "
+                                            "possible forwarding loop")
+        header = self._received_field() + header
+        body = self.writer.finish()
+        self.writer = None
+        try:
+            self.delivery.body(header, body)
+            self.delivery.commit()
+        except SMTPError as error:
+            log.info("message_failed", session=self.session_id, msg_id=self.meta.id,
+                     reply=str(error))
+            raise
+        except Exception as e:
+            log.error("message_failed", session=self.session_id, msg_id=self.meta.id,
+                      error=repr(e))
+            raise SMTPError(451, (4, 0, 0), f"Internal server error (msg ID = {self.meta.id})")
+        finally:
+            body.remove()
+        self.committed = True
+        log.info("accepted", session=self.session_id, msg_id=self.meta.id,
+                 sender=self.mail_from, rcpts=len(self.rcpts), size=len(header) + body.size)
+        if self.endpoint.lmtp:
+            # One result per accepted recipient (RFC 2033 §4.2); the pipeline
+            # is all-or-nothing today, so they are the same.
+            return [None] * len(self.rcpts)
+        return None
+
+    def transaction_ended(self) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+        if self.delivery is not None and not self.committed:
+            self.delivery.abort()
+        self.delivery = None
+        self.rcpts = []
+        self.header = bytearray()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _protocol_name(self, smtputf8: bool) -> str:
+        # RFC 3848 / RFC 6531 §3.7.3 "with" protocol types.
+        if self.endpoint.lmtp:
+            name = "LMTP"
+        else:
+            name = ("UTF8SMTP" if smtputf8 else "ESMTP") if self.esmtp else "SMTP"
+        return name + ("S" if self.tls else "")
+
+    def _received_field(self) -> bytes:
+        """RFC 5321 §4.4 trace field, in maddy's shape (maddy-behaviour §2.1)."""
+        ip = self.peer[0] if isinstance(self.peer, tuple) and self.peer else "unix"
+        helo = self.helo_name if self.smtputf8 else _ascii_or_literal(self.helo_name)
+        parts = [f"from {helo} ([{ip}])", f"by {self.endpoint.hostname_ascii}",
+                 f"(envelope-sender <{self.mail_from}>)",
+                 f"with {self.meta.conn['proto']}", f"id {self.meta.id}"]
+        if len(self.rcpts) == 1:
+            parts.append(f"for <{self.rcpts[0]}>")
+        date = email.utils.format_datetime(email.utils.localtime())
+        line = "Received: " + "\r\n\t".join([" ".join(parts[:2]), " ".join(parts[2:])]) + \
+            f";\r\n\t{date}\r\n"
+        return line.encode("utf-8")
+
+
+def _ascii_or_literal(name: str) -> str:
+    try:
+        return domain_to_ascii(name)
+    except (SMTPError, UnicodeError, ValueError):
+        return name.encode("ascii", "replace").decode()
+
+
+def _header_end(header: bytearray) -> int | None:
+    """Offset just past the empty line that ends the header, if it has arrived."""
+    if header.startswith(b"\r\n"):
+        return 2
+    index = header.find(b"\r\n\r\n")
+    return None if index < 0 else index + 4
+
+
+def _count_received(header: bytes) -> int:
+    return sum(1 for line in header.split(b"\r\n") if line[:9].lower() == b"received:")
+
+
+def _peer_text(peer) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
+        return f"{host}:{peer[1]}"
+    return "unix"
+
+
+@register
+class SMTPEndpoint(Module):
+    name = "smtp"
+    kinds = frozenset({"endpoint"})
+    endpoint = True
+    max_inline_args = 64
+    directives = ENDPOINT_DIRECTIVES
+    lmtp = False
+
+    def configure(self, cfg, ctx) -> None:
+        if not self.inline_args:
+            raise self.node.error(f"{self.name}: expected at least one listen address",
+                                  hint=f"such as '{self.name} tcp://127.0.0.1:2525 {{ ... }}'")
+        try:
+            self.addresses = [parse_endpoint(a, ctx.runtime_dir) for a in self.inline_args]
+        except ValueError as e:
+            raise self.node.error(f"{self.name}: {e}") from None
+        tls = cfg.tls
+        if tls is None:
+            if not self.lmtp:
+                raise cfg.error("tls", "missing required directive: tls",
+                                hint="set it in this block or globally; 'tls off' disables TLS")
+            tls = TLSServerConfig("off")
+        if not tls.enabled and any(a.tls for a in self.addresses):
+            raise self.node.error("tls:// listeners need a certificate, but tls is off",
+                                  hint="configure tls, or listen on tcp://")
+        self.tls_config = tls
+        self.hostname = cfg.hostname
+        self.hostname_ascii = _ascii_or_literal(cfg.hostname)
+        self.io_debug = cfg.io_debug
+        self.read_timeout = cfg.read_timeout
+        self.write_timeout = cfg.write_timeout
+        self.max_message_size = cfg.max_message_size
+        self.max_header_size = cfg.max_header_size
+        self.max_recipients = cfg.max_recipients
+        self.max_received = cfg.max_received
+        self.max_line_length = cfg.smtp_max_line_length
+        self.buffer_policy = cfg.buffer or BufferPolicy("auto", 1 << 20, ctx.state_path("buffer"))
+        self.shutdown_timeout = cfg.shutdown_timeout
+        self.pipeline = Pipeline.from_values(cfg, self.node)
+        self.servers = []
+        self.sessions = Group()
+        self.tls_context = None
+
+    def start(self) -> None:
+        self.tls_context = server_context(self.tls_config, self.hostname_ascii)
+        for address in self.addresses:
+            server = listen.serve(address, functools.partial(self._handle, address))
+            self.servers.append(server)
+            log.info("listening", endpoint=self.instance_name,
+                     address=listen.local_address(server, address))
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        # Sessions finish their transaction, then get 421 (SessionDriver.stopping).
+        for greenlet in list(self.sessions):
+            driver = getattr(greenlet, "driver", None)
+            if driver is not None:
+                driver.stopping = True
+        self.sessions.join(timeout=self.shutdown_timeout)
+        self.sessions.kill(block=True, timeout=5)
+        for server in self.servers:
+            server.stop(timeout=1)
+
+    def _handle(self, address, sock, peer) -> None:
+        session_id = secrets.token_hex(6)
+        greenlet = gevent.getcurrent()
+        self.sessions.add(greenlet)
+        implicit_tls = address.tls
+        try:
+            if implicit_tls:
+                try:
+                    with gevent.Timeout(self.write_timeout):
+                        sock = self.tls_context.wrap_socket(sock, server_side=True)
+                except (gevent.Timeout, OSError) as e:
+                    log.debug("tls_failed", session=session_id, error=str(e))
+                    return
+            handler = EndpointSession(self, peer, session_id, implicit_tls)
+            conn = ServerConnection(
+                self.hostname_ascii, lmtp=self.lmtp, max_line_length=self.max_line_length,
+                max_message_size=self.max_message_size, max_header_size=self.max_header_size,
+                max_recipients=self.max_recipients,
+                tls_available=self.tls_context is not None, tls_active=implicit_tls)
+            driver = SessionDriver(sock, conn, handler, read_timeout=self.read_timeout,
+                                   write_timeout=self.write_timeout,
+                                   tls_context=self.tls_context, io_debug=self.io_debug,
+                                   session_id=session_id)
+            greenlet.driver = driver
+            driver.run()
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+            log.debug("closed", session=session_id)
+
+
+@register
+class LMTPEndpoint(SMTPEndpoint):
+    name = "lmtp"
+    lmtp = True

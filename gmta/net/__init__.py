@@ -1,0 +1,1 @@
+"""gevent drivers: listeners, the server session loop, TLS contexts, DNS."""

@@ -1,0 +1,77 @@
+"""Listening sockets for endpoints: ``tcp://``, ``tls://`` and ``unix://``.
+
+Each address becomes a gevent ``StreamServer`` that runs the endpoint's
+handler in a greenlet per connection. Implicit TLS (``tls://``) is not done
+here: the handler performs the handshake under its own timeout, so a client
+that connects and stays silent cannot hold the accept loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket as _stdlib_socket
+import stat
+from typing import Callable
+
+from gevent import socket
+from gevent.server import StreamServer
+
+from gmta.config.values import Endpoint
+
+BACKLOG = 1024
+
+
+def bind(endpoint: Endpoint) -> socket.socket:
+    """A listening socket for *endpoint*; raises OSError with a clear message."""
+    if endpoint.is_unix:
+        return _bind_unix(endpoint.path)
+    family = _stdlib_socket.AF_INET6 if ":" in endpoint.host else _stdlib_socket.AF_INET
+    sock = socket.socket(family, _stdlib_socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+        sock.bind((endpoint.host or ("::" if family == _stdlib_socket.AF_INET6 else "0.0.0.0"),
+                   endpoint.port))
+        sock.listen(BACKLOG)
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on {endpoint}: {e.strerror}") from None
+    return sock
+
+
+def _bind_unix(path: str) -> socket.socket:
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    # A socket file left by a previous run would make bind fail; only a
+    # socket is removed, never a regular file someone put there.
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(BACKLOG)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise OSError(e.errno, f"cannot listen on unix://{path}: a file is in the way") from None
+        raise OSError(e.errno, f"cannot listen on unix://{path}: {e.strerror}") from None
+    return sock
+
+
+def serve(endpoint: Endpoint, handler: Callable) -> StreamServer:
+    """Bind *endpoint* and start accepting; *handler(sock, address)* runs per connection."""
+    server = StreamServer(bind(endpoint), handler)
+    server.start()
+    return server
+
+
+def local_address(server: StreamServer, endpoint: Endpoint) -> str:
+    """The address actually bound (port 0 becomes the kernel's choice)."""
+    if endpoint.is_unix:
+        return str(endpoint)
+    host, port = server.socket.getsockname()[:2]
+    return str(Endpoint(endpoint.scheme, host, port))

@@ -1,0 +1,1 @@
+"""The message pipeline: what happens to each recipient between RCPT and the targets."""
