@@ -20,6 +20,7 @@ from gmta.config.loader import LoadedConfig
 log = gmta.log.get("daemon")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+EXIT_START_FAILED = 1
 
 
 def prepare_directories(config: LoadedConfig) -> None:
@@ -34,10 +35,17 @@ def serve(config: LoadedConfig) -> int:
     handlers = [gevent.signal_handler(sig, signals.put_nowait, sig) for sig in STOP_SIGNALS]
     started = []
     try:
-        prepare_directories(config)
-        for instance in config.instances:
-            instance.start()
-            started.append(instance)
+        try:
+            prepare_directories(config)
+            for instance in config.instances:
+                instance.start()
+                started.append(instance)
+        except OSError as e:
+            # A port in use or a directory we may not create: say which, and
+            # exit 1 (not 2: the configuration itself is fine).
+            log.error("start_failed", error=e.strerror or str(e),
+                      path=getattr(e, "filename", None))
+            return EXIT_START_FAILED
         log.info("started", version=__version__, config=config.file, pid=os.getpid(),
                  endpoints=len(config.endpoints))
         sig = signals.get()
