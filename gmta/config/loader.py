@@ -104,7 +104,7 @@ def parse_dns_server(word: str) -> tuple[str, int]:
 
 
 def _port(text: str, word: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise ValueError(f"invalid port in DNS server {word!r}")
     return int(text)
 

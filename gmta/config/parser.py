@@ -18,7 +18,6 @@ not defined) are collected on the :class:`Parser` for ``check-config``.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 from dataclasses import dataclass, field
@@ -143,7 +142,8 @@ class Parser:
     # -- expansion of macros, snippets and imports ----------------------------
 
     def _expand(self, directives: list[_Directive], file: str, top_level: bool,
-                depth: int = 0) -> list[Node]:
+                depth: int = 0, nesting: int = 0) -> list[Node]:
+        """Expand *directives*; *depth* counts file imports, *nesting* enclosing blocks."""
         out: list[Node] = []
         for d in directives:
             name = d.name.text
@@ -154,7 +154,7 @@ class Parser:
                 self._define_snippet(d, top_level)
                 continue
             if name == "import" and not d.name.quoted:
-                out.extend(self._import(d, file, top_level, depth))
+                out.extend(self._import(d, file, top_level, depth, nesting))
                 continue
             if not d.name.quoted and _MACRO_USE_RE.search(name):
                 raise ConfigError("a macro cannot be used as a directive name",
@@ -163,7 +163,8 @@ class Parser:
             args = self._expand_args(d.args)
             children = None
             if d.children is not None:
-                children = self._expand(d.children, file, top_level=False, depth=depth)
+                children = self._expand(d.children, file, top_level=False, depth=depth,
+                                        nesting=nesting + 1)
             out.append(Node(name, args, children, d.name.file, d.name.line))
         return out
 
@@ -198,7 +199,8 @@ class Parser:
         # the file that defines it.
         self.snippets[name] = self._expand(d.children, d.name.file, top_level=False)
 
-    def _import(self, d: _Directive, file: str, top_level: bool, depth: int) -> list[Node]:
+    def _import(self, d: _Directive, file: str, top_level: bool, depth: int,
+                nesting: int) -> list[Node]:
         where = (d.name.file, d.name.line)
         if d.children is not None:
             raise ConfigError("import cannot have a block", *where)
@@ -211,9 +213,15 @@ class Parser:
             raise ConfigError("hit import expansion limit", *where)
 
         if target in self.snippets:
+            body = self.snippets[target]
+            # A snippet spliced into a deep block (or into another snippet)
+            # must still respect the nesting limit that bounds recursion.
+            if nesting + _height(body) > MAX_NESTING:
+                raise ConfigError("nesting limit reached", *where,
+                                  hint=f"snippet ({target}) is too deeply nested here")
             # Each import gets its own copy: later passes (env expansion)
             # change nodes in place.
-            return copy.deepcopy(self.snippets[target])
+            return _copy_nodes(body)
 
         path = target
         if not os.path.isabs(path):
@@ -227,8 +235,8 @@ class Parser:
         self._enter_import(_import_key(path), d)
         try:
             text = self._read(path, d.name)
-            directives = _read_block(tokenize(text, path), path)
-            return self._expand(directives, path, top_level, depth + 1)
+            directives = _read_block(tokenize(text, path), path, nesting)
+            return self._expand(directives, path, top_level, depth + 1, nesting)
         finally:
             self._import_stack.pop()
 
@@ -283,12 +291,28 @@ class Parser:
             self._expand_env(child)
 
 
+def _height(nodes: list[Node]) -> int:
+    """How many block levels lie below *nodes* (0 when none has a block)."""
+    return max((1 + _height(n.children) for n in nodes if n.children is not None), default=0)
+
+
+def _copy_nodes(nodes: list[Node]) -> list[Node]:
+    """A copy of a tree (``copy.deepcopy`` needs several frames per level and
+    overflows the stack well before the nesting limit)."""
+    return [Node(n.name, list(n.args), None if n.children is None else _copy_nodes(n.children),
+                 n.file, n.line) for n in nodes]
+
+
 def _import_key(path: str) -> str:
     return os.path.abspath(path) if not path.startswith("<") else path
 
 
-def _read_block(tokens: list[Token], file: str) -> list[_Directive]:
-    """Group tokens into directives and blocks (the structure only)."""
+def _read_block(tokens: list[Token], file: str, nesting: int = 0) -> list[_Directive]:
+    """Group tokens into directives and blocks (the structure only).
+
+    *nesting* is the number of blocks around the text (an imported file
+    spliced into a block), so the nesting limit covers the whole tree.
+    """
     pos = 0
 
     def parse_body(depth: int, opener: Token | None) -> list[_Directive]:
@@ -354,7 +378,7 @@ def _read_block(tokens: list[Token], file: str) -> list[_Directive]:
     def _ends_line(p: int) -> bool:
         return p >= len(tokens) or tokens[p].kind in (Kind.NEWLINE, Kind.CLOSE)
 
-    return parse_body(0, None)
+    return parse_body(nesting, None)
 
 
 def _valid_name(name: str) -> bool:

@@ -178,8 +178,9 @@ def check_domain(name: str) -> str:
     try:
         text.encode("idna")
     except UnicodeError:
-        if not text.isascii():
-            raise ValueError(f"invalid internationalised domain name {name!r}") from None
+        # For an ASCII name this means a label longer than 63 octets.
+        what = "domain name" if text.isascii() else "internationalised domain name"
+        raise ValueError(f"invalid {what} {name!r}") from None
     return name
 
 

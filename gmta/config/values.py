@@ -162,7 +162,8 @@ def parse_endpoint(word: str, runtime_dir: str | None = None) -> Endpoint:
         if ":" in host:
             raise ValueError(f"invalid address {word!r}: write IPv6 addresses in brackets, "
                              "such as tcp://[::1]:25")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    # isascii: str.isdigit() also accepts digits such as '٣' or '²'.
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"invalid port {port_text!r} in {word!r}")
     # An empty host (tcp://:25) listens on every address, as in Go.
     if "/" in host:
