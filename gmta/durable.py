@@ -16,8 +16,22 @@ T = TypeVar("T")
 
 
 def in_threadpool(fn: Callable[..., T], *args) -> T:
-    """Run ``fn(*args)`` in the hub's threadpool and wait for it (re-raising its error)."""
-    return gevent.get_hub().threadpool.apply(fn, args)
+    """Run ``fn(*args)`` in the hub's threadpool and wait for it (re-raising its error).
+
+    The error travels back as a value: raised inside the pool, gevent would
+    also print it as a traceback, and a failed write is an event the caller
+    logs as one ``key=value`` line.
+    """
+    def call():
+        try:
+            return True, fn(*args)
+        except Exception as e:
+            return False, e
+
+    ok, value = gevent.get_hub().threadpool.apply(call)
+    if not ok:
+        raise value
+    return value
 
 
 def fsync_dir(path: str) -> None:

@@ -38,14 +38,19 @@ def format_fields(fields: dict) -> str:
 class EventLogger:
     """A thin front for ``logging.Logger`` that takes an event name and fields."""
 
-    def __init__(self, module: str):
+    def __init__(self, module: str, debug: bool = False):
         self.module = module
+        #: A module's own ``debug yes``: its debug events pass whatever the global level.
+        self.force_debug = debug
         self._logger = logging.getLogger(f"{_ROOT}.{module}")
 
     def _log(self, level: int, event: str, fields: dict) -> None:
-        if self._logger.isEnabledFor(level):
+        forced = self.force_debug and level == logging.DEBUG
+        if forced or self._logger.isEnabledFor(level):
             line = format_fields({"module": self.module, "event": event, **fields})
-            self._logger.log(level, line)
+            # handle() skips the logger's level check (handlers have none).
+            self._logger.handle(self._logger.makeRecord(
+                self._logger.name, level, "", 0, line, None, None))
 
     def debug(self, event: str, **fields) -> None:
         self._log(logging.DEBUG, event, fields)
@@ -61,11 +66,11 @@ class EventLogger:
 
     @property
     def debug_enabled(self) -> bool:
-        return self._logger.isEnabledFor(logging.DEBUG)
+        return self.force_debug or self._logger.isEnabledFor(logging.DEBUG)
 
 
-def get(module: str) -> EventLogger:
-    return EventLogger(module)
+def get(module: str, debug: bool = False) -> EventLogger:
+    return EventLogger(module, debug)
 
 
 class _Formatter(logging.Formatter):

@@ -2,7 +2,9 @@
 
 Signal handlers only enqueue (peers-and-style §7.6.9); the main greenlet
 takes signals off the queue and acts. SIGTERM and SIGINT stop the modules in
-the reverse order of starting them.
+the reverse order of starting them (endpoints let open transactions finish
+within their ``shutdown_timeout``); a second signal during that drain stops
+at once with exit status 1.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import signal
 
 import gevent
-from gevent.queue import Queue
+from gevent.queue import Empty, Queue
 
 import gmta.log
 from gmta import __version__
@@ -21,6 +23,7 @@ log = gmta.log.get("daemon")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 EXIT_START_FAILED = 1
+EXIT_FORCED_STOP = 1
 
 
 def prepare_directories(config: LoadedConfig) -> None:
@@ -50,13 +53,30 @@ def serve(config: LoadedConfig) -> int:
                  endpoints=len(config.endpoints))
         sig = signals.get()
         log.info("stopping", signal=signal.Signals(sig).name)
-    finally:
-        for instance in reversed(started):
+        # The drain runs beside this greenlet, so a second signal can cut it
+        # short: everything already acknowledged with 250 is on disk, and a
+        # transaction cut off here was never acknowledged.
+        drain = gevent.spawn(_stop_all, list(reversed(started)))
+        started = []
+        while not drain.ready():
             try:
-                instance.stop()
-            except Exception as e:  # one module failing to stop must not keep others running
-                log.error("stop_failed", module=instance.instance_name, error=repr(e))
+                sig = signals.get(timeout=0.5)
+            except Empty:
+                continue
+            log.warning("stopping_now", signal=signal.Signals(sig).name)
+            drain.kill(block=False)
+            return EXIT_FORCED_STOP
+    finally:
+        _stop_all(reversed(started))
         for handler in handlers:
             handler.cancel()
     log.info("stopped")
     return 0
+
+
+def _stop_all(instances) -> None:
+    for instance in instances:
+        try:
+            instance.stop()
+        except Exception as e:  # one module failing to stop must not keep others running
+            log.error("stop_failed", module=instance.instance_name, error=repr(e))

@@ -30,11 +30,8 @@ from gmta.net import listen
 from gmta.net.session import SessionDriver
 from gmta.net.tls import server_context
 from gmta.pipeline.pipeline import HANDLING_DIRECTIVES, Pipeline
-from gmta.proto.grammar import domain_to_ascii
+from gmta.proto.grammar import domain_to_ascii, normalize_address
 from gmta.proto.server import ServerConnection
-
-log = gmta.log.get("endpoint")
-
 
 def parse_buffer(node: Node, ctx) -> BufferPolicy:
     """``buffer ram`` | ``buffer fs [DIR]`` | ``buffer auto [MAX] [DIR]``."""
@@ -91,6 +88,7 @@ class EndpointSession:
 
     def __init__(self, endpoint: "SMTPEndpoint", peer: tuple, session_id: str, implicit_tls: bool):
         self.endpoint = endpoint
+        self.log = endpoint.log
         self.peer = peer
         self.session_id = session_id
         self.tls = implicit_tls
@@ -109,7 +107,7 @@ class EndpointSession:
     # -- handler methods -------------------------------------------------------------
 
     def connected(self) -> None:
-        log.info("connected", session=self.session_id, peer=_peer_text(self.peer),
+        self.log.info("connected", session=self.session_id, peer=_peer_text(self.peer),
                  endpoint=self.endpoint.instance_name)
 
     def helo(self, name: str, esmtp: bool) -> None:
@@ -118,7 +116,8 @@ class EndpointSession:
 
     def tls_started(self, sock) -> None:
         self.tls = True
-        log.debug("tls", session=self.session_id, version=sock.version(), cipher=sock.cipher()[0])
+        self.log.debug("tls", session=self.session_id, version=sock.version(),
+                       cipher=sock.cipher()[0])
 
     def auth(self, event) -> None:
         raise SMTPError(504, (5, 7, 4), "Authentication is not enabled on this endpoint")
@@ -132,22 +131,25 @@ class EndpointSession:
                          "ret": event.ret and str(event.ret), "envid": event.envid},
             conn={"peer": _peer_text(self.peer), "helo": self.helo_name, "tls": self.tls,
                   "proto": self._protocol_name(event.smtputf8)})
-        self.mail_from = event.address
+        # Routing and delivery see one spelling of each address: U-label
+        # domains, lower case, NFC (maddy-behaviour §2.1).
+        self.mail_from = normalize_address(event.address, sender=True) if event.address else ""
         self.smtputf8 = event.smtputf8
-        self.delivery = self.endpoint.pipeline.start_delivery(self.meta, event.address)
+        self.delivery = self.endpoint.pipeline.start_delivery(self.meta, self.mail_from)
         self.committed = False
-        log.debug("mail", session=self.session_id, msg_id=self.meta.id, sender=event.address)
+        self.log.debug("mail", session=self.session_id, msg_id=self.meta.id, sender=event.address)
 
     def rcpt(self, event) -> None:
         params = {"notify": event.notify and sorted(str(n) for n in event.notify),
                   "orcpt": event.orcpt}
         try:
-            self.delivery.add_rcpt(event.address, params)
+            rcpt = normalize_address(event.address)
+            self.delivery.add_rcpt(rcpt, params)
         except SMTPError as error:
-            log.info("rcpt_refused", session=self.session_id, msg_id=self.meta.id,
-                     rcpt=event.address, reply=str(error))
+            self.log.info("rcpt_refused", session=self.session_id, msg_id=self.meta.id,
+                          rcpt=event.address, reply=str(error))
             raise
-        self.rcpts.append(event.address)
+        self.rcpts.append(rcpt)
 
     def data_start(self) -> None:
         self.writer = self.endpoint.buffer_policy.writer()
@@ -174,7 +176,7 @@ class EndpointSession:
             # a final line without CRLF gets one so the header stays parseable.
             header += b"\r\n"
         received = _count_received(header)
-        if received >= self.endpoint.max_received:
+        if received > self.endpoint.max_received:
             raise SMTPError(554, (5, 4, 6), f"Too many Received header fields ({received}), "
                                             "possible forwarding loop")
         header = self._received_field() + header
@@ -184,17 +186,17 @@ class EndpointSession:
             self.delivery.body(header, body)
             self.delivery.commit()
         except SMTPError as error:
-            log.info("message_failed", session=self.session_id, msg_id=self.meta.id,
+            self.log.info("message_failed", session=self.session_id, msg_id=self.meta.id,
                      reply=str(error))
             raise
         except Exception as e:
-            log.error("message_failed", session=self.session_id, msg_id=self.meta.id,
+            self.log.error("message_failed", session=self.session_id, msg_id=self.meta.id,
                       error=repr(e))
             raise SMTPError(451, (4, 0, 0), f"Internal server error (msg ID = {self.meta.id})")
         finally:
             body.remove()
         self.committed = True
-        log.info("accepted", session=self.session_id, msg_id=self.meta.id,
+        self.log.info("accepted", session=self.session_id, msg_id=self.meta.id,
                  sender=self.mail_from, rcpts=len(self.rcpts), size=len(header) + body.size)
         if self.endpoint.lmtp:
             # One result per accepted recipient (RFC 2033 §4.2); the pipeline
@@ -215,16 +217,18 @@ class EndpointSession:
     # -- helpers -----------------------------------------------------------------------
 
     def _protocol_name(self, smtputf8: bool) -> str:
-        # RFC 3848 / RFC 6531 §3.7.3 "with" protocol types.
-        if self.endpoint.lmtp:
-            name = "LMTP"
-        else:
-            name = ("UTF8SMTP" if smtputf8 else "ESMTP") if self.esmtp else "SMTP"
+        """The "with" protocol type (RFC 3848, RFC 6531 §3.7.3)."""
+        if not self.esmtp:
+            return "SMTP"  # HELO: no registered name says TLS or UTF-8 for it
+        name = "LMTP" if self.endpoint.lmtp else "SMTP"
+        name = ("UTF8" if smtputf8 else "E" if not self.endpoint.lmtp else "") + name
         return name + ("S" if self.tls else "")
 
     def _received_field(self) -> bytes:
         """RFC 5321 §4.4 trace field, in maddy's shape (maddy-behaviour §2.1)."""
         ip = self.peer[0] if isinstance(self.peer, tuple) and self.peer else "unix"
+        if ":" in ip:
+            ip = "IPv6:" + ip  # RFC 5321 §4.1.3 address literal
         helo = self.helo_name if self.smtputf8 else _ascii_or_literal(self.helo_name)
         parts = [f"from {helo} ([{ip}])", f"by {self.endpoint.hostname_ascii}",
                  f"(envelope-sender <{self.mail_from}>)",
@@ -290,6 +294,7 @@ class SMTPEndpoint(Module):
             raise self.node.error("tls:// listeners need a certificate, but tls is off",
                                   hint="configure tls, or listen on tcp://")
         self.tls_config = tls
+        self.log = gmta.log.get("endpoint", debug=cfg.debug)
         self.hostname = cfg.hostname
         self.hostname_ascii = _ascii_or_literal(cfg.hostname)
         self.io_debug = cfg.io_debug
@@ -312,17 +317,18 @@ class SMTPEndpoint(Module):
         for address in self.addresses:
             server = listen.serve(address, functools.partial(self._handle, address))
             self.servers.append(server)
-            log.info("listening", endpoint=self.instance_name,
+            self.log.info("listening", endpoint=self.instance_name,
                      address=listen.local_address(server, address))
 
     def stop(self) -> None:
         for server in self.servers:
             server.close()
-        # Sessions finish their transaction, then get 421 (SessionDriver.stopping).
+        # Idle sessions get 421 now; those in a transaction finish it first
+        # (SessionDriver.request_stop), within shutdown_timeout.
         for greenlet in list(self.sessions):
             driver = getattr(greenlet, "driver", None)
             if driver is not None:
-                driver.stopping = True
+                driver.request_stop(greenlet)
         self.sessions.join(timeout=self.shutdown_timeout)
         self.sessions.kill(block=True, timeout=5)
         for server in self.servers:
@@ -339,7 +345,7 @@ class SMTPEndpoint(Module):
                     with gevent.Timeout(self.write_timeout):
                         sock = self.tls_context.wrap_socket(sock, server_side=True)
                 except (gevent.Timeout, OSError) as e:
-                    log.debug("tls_failed", session=session_id, error=str(e))
+                    self.log.debug("tls_failed", session=session_id, error=str(e))
                     return
             handler = EndpointSession(self, peer, session_id, implicit_tls)
             conn = ServerConnection(
@@ -350,7 +356,7 @@ class SMTPEndpoint(Module):
             driver = SessionDriver(sock, conn, handler, read_timeout=self.read_timeout,
                                    write_timeout=self.write_timeout,
                                    tls_context=self.tls_context, io_debug=self.io_debug,
-                                   session_id=session_id)
+                                   session_id=session_id, log=self.log)
             greenlet.driver = driver
             driver.run()
         finally:
@@ -358,7 +364,7 @@ class SMTPEndpoint(Module):
                 sock.close()
             except OSError:
                 pass
-            log.debug("closed", session=session_id)
+            self.log.debug("closed", session=session_id)
 
 
 @register

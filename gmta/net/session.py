@@ -54,11 +54,15 @@ class ClientGone(Exception):
     """The client closed the connection or the network failed."""
 
 
+class StopRequested(Exception):
+    """Raised into an idle session's greenlet when gmta stops."""
+
+
 class SessionDriver:
     def __init__(self, sock, conn: ServerConnection, handler: SessionHandler, *,
                  read_timeout: float, write_timeout: float,
                  tls_context: ssl.SSLContext | None = None, io_debug: bool = False,
-                 session_id: str = ""):
+                 session_id: str = "", log: gmta.log.EventLogger = log):
         self.sock = sock
         self.conn = conn
         self.handler = handler
@@ -67,7 +71,17 @@ class SessionDriver:
         self.tls_context = tls_context
         self.io_debug = io_debug
         self.session_id = session_id
+        self.log = log
         self.stopping = False
+        # True while blocked reading the next command outside a transaction:
+        # the one place where a stop may interrupt the session at once.
+        self.idle = False
+
+    def request_stop(self, greenlet) -> None:
+        """Stop after the current transaction; an idle session stops now with 421."""
+        self.stopping = True
+        if self.idle:
+            greenlet.kill(StopRequested, block=False)
 
     # -- I/O with timeouts ---------------------------------------------------------
 
@@ -75,8 +89,8 @@ class SessionDriver:
         if not data:
             return
         if self.io_debug:
-            log.debug("io", session=self.session_id, direction="out",
-                      data=data.decode("utf-8", "replace"))
+            self.log.info("io", session=self.session_id, direction="out",
+                          data=data.decode("utf-8", "replace"))
         try:
             with gevent.Timeout(self.write_timeout, ClientGone("write timeout")):
                 self.sock.sendall(data)
@@ -95,8 +109,8 @@ class SessionDriver:
         if not data:
             raise ClientGone("connection closed by client")
         if self.io_debug:
-            log.debug("io", session=self.session_id, direction="in",
-                      data=data.decode("utf-8", "replace"))
+            self.log.info("io", session=self.session_id, direction="in",
+                          data=data.decode("utf-8", "replace"))
         return data
 
     def _say_goodbye(self, error: SMTPError) -> None:
@@ -130,7 +144,12 @@ class SessionDriver:
                     if self.stopping and not conn.in_transaction:
                         self._say_goodbye(SHUTTING_DOWN)
                         return
-                    conn.receive_data(self._read())
+                    self.idle = not conn.in_transaction
+                    try:
+                        data = self._read()
+                    finally:
+                        self.idle = False
+                    conn.receive_data(data)
                     continue
                 self._dispatch(event)
                 if was_in_transaction and not conn.in_transaction:
@@ -138,8 +157,10 @@ class SessionDriver:
                 was_in_transaction = conn.in_transaction
                 self._write(conn.data_to_send())
             self._write(conn.data_to_send())
+        except StopRequested:
+            self._say_goodbye(SHUTTING_DOWN)
         except ClientGone as e:
-            log.debug("client_gone", session=self.session_id, reason=str(e))
+            self.log.debug("client_gone", session=self.session_id, reason=str(e))
         finally:
             if was_in_transaction or conn.in_transaction:
                 self.handler.transaction_ended()
@@ -155,11 +176,11 @@ class SessionDriver:
             conn.tls_established()
             return
         if isinstance(event, ProtocolError):
-            log.debug("protocol_error", session=self.session_id, reply=str(event.reply))
+            self.log.debug("protocol_error", session=self.session_id, reply=str(event.reply))
             return
         if isinstance(event, MessageEnd) and event.error is not None:
             # The machine refused the body itself (size, header size).
-            log.info("message_refused", session=self.session_id, reason=str(event.error))
+            self.log.info("message_refused", session=self.session_id, reason=str(event.error))
             return
         if isinstance(event, (Rset, Quit)) or not event.needs_answer:
             return

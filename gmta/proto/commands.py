@@ -47,7 +47,7 @@ def _parameters(rest: str, *, esmtp: bool, verb: str, keyword: str) -> dict[str,
         raise _expecting(verb, keyword)
     params = parse_params(rest)
     if params and not esmtp:
-        # RFC 1869 §4: parameters exist only in sessions opened with EHLO.
+        # RFC 5321 §2.2.1: service extensions exist only in sessions opened with EHLO.
         raise SMTPError(555, (5, 5, 4), "Parameters are not allowed after HELO")
     return params
 
@@ -88,7 +88,7 @@ def parse_mail(argument: str, *, esmtp: bool, max_message_size: int, tls_active:
             case "SMTPUTF8":
                 fields["smtputf8"] = _flag(key, value)
             case "REQUIRETLS":
-                # RFC 8689 §4.1: only offered, hence only valid, over TLS.
+                # RFC 8689 §2: only offered, hence only valid, over TLS.
                 if not tls_active:
                     raise _unsupported(key)
                 fields["requiretls"] = _flag(key, value)
@@ -108,7 +108,7 @@ def parse_mail(argument: str, *, esmtp: bool, max_message_size: int, tls_active:
             case _:
                 raise _unsupported(key)
     if not address.isascii() and not fields.get("smtputf8"):
-        # RFC 6531 §3.4: UTF-8 addresses only in an SMTPUTF8 transaction.
+        # RFC 6531 §3.5: UTF-8 addresses only in an SMTPUTF8 transaction.
         raise SMTPError(550, (5, 6, 7), "SMTPUTF8 is required for non-ASCII senders")
     return Mail(address, **fields)
 

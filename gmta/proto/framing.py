@@ -103,7 +103,7 @@ _EMPTY_LINE = re.compile(rb"\n\r?\n")
 class BodyLimits:
     """Counts message content (after unstuffing) against the size limits.
 
-    The size is every content byte (RFC 1870 §3: CRLFs included, the end marker and
+    The size is every content byte (RFC 1870 §5: CRLFs included, the end marker and
     stuffed dots not). The header is the bytes before the first empty line; a
     message without one is all header. ``error`` holds the first limit broken.
     """

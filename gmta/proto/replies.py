@@ -48,13 +48,20 @@ class Reply:
     def lines(self) -> list[str]:
         return self.text.split("\n")
 
+    @property
+    def _prefix(self) -> str:
+        """The enhanced code as it starts each line's text, or nothing."""
+        if self.enhanced is None:
+            return ""
+        return ".".join(map(str, self.enhanced)) + " "
+
     def to_bytes(self, *, utf8: bool = False) -> bytes:
         """Serialise as ``250-first`` … ``250 last`` lines, each ending in CRLF.
 
-        Without ``utf8`` (the client did not ask for SMTPUTF8, RFC 6531 §3.7.4.2),
+        Without ``utf8`` (the client did not ask for SMTPUTF8, RFC 6531 §3.7.4),
         non-ASCII characters become ``?`` as maddy does, so the reply stays 7-bit.
         """
-        prefix = "" if self.enhanced is None else "%d.%d.%d " % self.enhanced
+        prefix = self._prefix
         # A CR inside the text would let whoever chose the text forge reply lines.
         lines = self.text.replace("\r", " ").split("\n")
         out = []
@@ -67,8 +74,7 @@ class Reply:
         return text.encode("ascii", errors="replace")
 
     def __str__(self) -> str:
-        prefix = "" if self.enhanced is None else "%d.%d.%d " % self.enhanced
-        return f"{self.code} {prefix}{self.text}".rstrip()
+        return f"{self.code} {self._prefix}{self.text}".rstrip()
 
 
 # --- The catalogue of the replies the server machine sends itself. -----------------

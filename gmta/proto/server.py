@@ -165,9 +165,10 @@ class ServerConnection:
             raise ValueError(f"unsupported AUTH mechanisms {mechanisms}")
         if submission and not mechanisms:
             raise ValueError("submission requires AUTH: give auth_mechanisms")
-        # RFC 5321 §4.5.3.1.4-6 minimums, so the limits can't make SMTP impossible.
+        # A command line needs 512 octets (RFC 5321 §4.5.3.1.4); a limit of 0 would
+        # refuse everything.
         if max_line_length < 512 or max_recipients < 1 or max_bad_commands < 1:
-            raise ValueError("limits below the RFC 5321 §4.5.3.1 minimums")
+            raise ValueError("limits too small for SMTP to work")
         self.hostname = hostname
         self.lmtp = lmtp
         self.max_line_length = max_line_length
@@ -193,7 +194,7 @@ class ServerConnection:
         self._transaction: _Transaction | None = None
         self._decoder: DataDecoder | None = None
         self._chunk: _Chunk | None = None
-        self._sasl: _SaslExchange | None = None
+        self._sasl: _SaslExchange | None = None   # the AUTH exchange under way
         self._bad_commands = 0
 
     # --- The driver's side. -------------------------------------------------------
@@ -258,7 +259,7 @@ class ServerConnection:
             raise LocalProtocolError(
                 f"{len(results)} results for {len(self._transaction.recipients)} recipients")
         self._take_pending()
-        for address, result in zip(self._transaction.recipients, results):
+        for address, result in zip(self._transaction.recipients, results, strict=True):
             if result is None:
                 self._send(replies.lmtp_recipient_ok(address))
             else:
@@ -280,7 +281,7 @@ class ServerConnection:
     # --- Output. --------------------------------------------------------------------
 
     def _send(self, reply: Reply) -> None:
-        # RFC 6531 §3.7.4.2: UTF-8 in replies only to a client that asked for it.
+        # RFC 6531 §3.7.4: UTF-8 in replies only to a client that asked for it.
         utf8 = self._transaction is not None and self._transaction.mail.smtputf8
         self._output.append(reply.to_bytes(utf8=utf8))
 
@@ -306,9 +307,8 @@ class ServerConnection:
         self._flush_due = self._flush_due or flush
         return ProtocolError(reply)
 
-    def _close(self, reply: Reply | None = None) -> None:
-        if reply is not None:
-            self._send(reply)
+    def _close(self, reply: Reply) -> None:
+        self._send(reply)
         self.state = State.CLOSED
         self._input.clear()
         self._transaction = None
@@ -387,7 +387,7 @@ class ServerConnection:
     def _body(self, content: bytes) -> Event | None:
         """Count content against the limits; report it while they hold.
 
-        RFC 5321 §4.2.5 / aiosmtpd: after an overflow keep reading to the end of the
+        DESIGN §4.3, as aiosmtpd does: after an overflow keep reading to the end of the
         data and answer only then, or the rest of the body would be read as commands.
         """
         limits = self._transaction.limits
@@ -434,11 +434,15 @@ class ServerConnection:
         if error is None:
             return self._await(MessageEnd(), flush=False)
         # The machine answers a broken limit itself; the driver only drops the message.
+        self._fail_message(error, per_recipient=per_recipient)
+        return MessageEnd(error)
+
+    def _fail_message(self, error: SMTPError, *, per_recipient: bool) -> None:
+        # RFC 2033 §4.2: LMTP answers the end of data once per accepted recipient.
         count = len(self._transaction.recipients) if per_recipient else 1
         for _ in range(count):
             self._send(Reply.from_error(error))
         self._end_transaction()
-        return MessageEnd(error)
 
     def _auth_step(self) -> Event | object | None:
         line = self._read_line()
@@ -451,7 +455,6 @@ class ServerConnection:
                 raise replies.AUTH_CANCELLED.to_error()
             event = self._sasl_answer(sasl.decode_response(line.decode("ascii", "replace")))
         except SMTPError as error:
-            self._sasl = None
             return self._protocol_error(Reply.from_error(error), flush=True)
         if event is None:
             return None
@@ -532,7 +535,7 @@ class ServerConnection:
             # RFC 3030 §2: the chunk's bytes are read and thrown away all the same.
             chunk.rejection = error
             chunk.out_of_sequence = True
-        starts_message = self.state is State.RCPT and chunk.rejection is None
+        starts_message = self.state is State.RCPT
         self._chunk = chunk
         self.state = State.BDAT
         return DataStart(chunking=True) if starts_message else None
@@ -595,12 +598,10 @@ class ServerConnection:
         mechanism = mechanism.upper()
         if mechanism not in self.auth_mechanisms:
             raise replies.AUTH_UNKNOWN_MECHANISM.to_error()
-        exchange = _SaslExchange(mechanism)
+        self._sasl = _SaslExchange(mechanism)
         if initial_response:
-            answer = sasl.decode_response(initial_response.strip(" "))
-            self._sasl = exchange
-            return self._sasl_answer(answer)
-        self._sasl = exchange
+            # RFC 4954 §4: the initial response saves a round trip.
+            return self._sasl_answer(sasl.decode_response(initial_response.strip(" ")))
         # RFC 4954 §4: a 334 asks for the (next) response; PLAIN's challenge is empty.
         prompt = sasl.LOGIN_USERNAME_PROMPT if mechanism == "LOGIN" else ""
         self._send(Reply(334, None, prompt))
@@ -658,7 +659,7 @@ class ServerConnection:
             capabilities.append("AUTH " + " ".join(self.auth_mechanisms))
         capabilities.append("SMTPUTF8")
         if self.tls_active:
-            capabilities.append("REQUIRETLS")  # RFC 8689 §4: only over TLS
+            capabilities.append("REQUIRETLS")  # RFC 8689 §2: only over TLS
         capabilities += ["DSN", f"SIZE {self.max_message_size}",
                          f"LIMITS RCPTMAX={self.max_recipients}"]  # RFC 1870, RFC 9422
         return capabilities
@@ -688,7 +689,6 @@ class ServerConnection:
             self._send(Reply.from_error(error))
 
     def _accept_auth(self, event: Auth) -> None:
-        self._sasl = None
         self.authenticated_as = event.username
         self._send(replies.AUTH_OK)
 
@@ -701,15 +701,10 @@ class ServerConnection:
         self._end_transaction()
 
     def _reject_message(self, event: MessageEnd, error: SMTPError) -> None:
-        # RFC 2033 §4.2: LMTP answers the end of data once per accepted recipient.
-        count = len(self._transaction.recipients) if self.lmtp else 1
-        for _ in range(count):
-            self._send(Reply.from_error(error))
-        self._end_transaction()
+        self._fail_message(error, per_recipient=self.lmtp)
 
     def _reject_command(self, event: Event, error: SMTPError) -> None:
         """MAIL, RCPT and AUTH: the error is the whole answer; nothing changes."""
-        self._sasl = None
         self._send(Reply.from_error(error))
 
     _ON_ACCEPT = {

@@ -127,7 +127,8 @@ class MaildirTarget(Module):
                 raise SMTPError(550, (5, 1, 3), "Mailbox name not allowed")
         path = (self.template.replace("{address}", rcpt.lower())
                 .replace("{local}", local).replace("{domain}", domain))
-        if not self.create and not os.path.isdir(os.path.join(path, "new")):
+        if not self.create and not all(os.path.isdir(os.path.join(path, sub))
+                                       for sub in ("cur", "new", "tmp")):
             raise SMTPError(550, (5, 1, 1), "Mailbox does not exist")
         return path
 

@@ -12,6 +12,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -283,3 +284,83 @@ def test_shipped_configs_check_out(tmp_path, name):
     result = subprocess.run(GMTA + ["check-config", "-c", str(path)], capture_output=True,
                             text=True, timeout=30)
     assert (result.returncode, result.stdout) == (0, "No errors detected\n"), result.stderr
+
+
+def test_sigterm_says_421_to_idle_sessions_at_once(start_gmta, state_dir):
+    """An idle client does not hold up the stop: it gets 421 4.3.2 right away."""
+    gmta = start_gmta(smtp_config(state_dir))
+    with socket.create_connection(("127.0.0.1", gmta.port()), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"EHLO x\r\n")
+        while not reader.readline().startswith(b"250 "):
+            pass
+        started = time.monotonic()
+        gmta.proc.send_signal(signal.SIGTERM)
+        assert reader.readline() == b"421 4.3.2 Service shutting down, try again later\r\n"
+        assert time.monotonic() - started < 5
+    assert gmta.proc.wait(15) == 0
+
+
+def test_sigterm_lets_a_transaction_finish(start_gmta, state_dir):
+    gmta = start_gmta(smtp_config(state_dir))
+    with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=10) as client:
+        client.ehlo()
+        client.mail("a@sender.test")
+        client.rcpt("judy@example.test")
+        gmta.proc.send_signal(signal.SIGTERM)
+        gmta.wait_for("event=stopping")
+        assert client.data(b"Subject: late\r\n\r\nstill delivered\r\n")[0] == 250
+        assert client.noop()[0] == 421
+    assert gmta.proc.wait(15) == 0
+    assert len(maildir_messages(state_dir, "judy@example.test")) == 1
+
+
+def test_second_signal_stops_at_once(start_gmta, state_dir):
+    gmta = start_gmta(smtp_config(state_dir))
+    with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=10) as client:
+        client.ehlo()
+        client.mail("a@sender.test")
+        client.rcpt("judy@example.test")
+        gmta.proc.send_signal(signal.SIGTERM)
+        gmta.wait_for("event=stopping")
+        gmta.proc.send_signal(signal.SIGINT)
+        assert gmta.proc.wait(15) == 1
+    gmta.wait_for("event=stopping_now signal=SIGINT")
+    assert maildir_messages(state_dir, "judy@example.test") == []
+
+
+def test_addresses_are_normalised_before_delivery(start_gmta, state_dir):
+    """U-label and A-label spellings of one domain reach one Maildir (maddy §2.1)."""
+    gmta = start_gmta(smtp_config(state_dir))
+    with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=10) as client:
+        client.sendmail("a@sender.test", ["kim@xn--bcher-kva.example"], b"Subject: 1\r\n\r\n1\r\n")
+        client.sendmail("a@sender.test", ["kim@B\u00fccher.example"], b"Subject: 2\r\n\r\n2\r\n",
+                        mail_options=["SMTPUTF8"])
+    assert len(maildir_messages(state_dir, "kim@b\u00fccher.example")) == 2
+
+
+@pytest.mark.parametrize("received, accepted", [(3, True), (4, False)])
+def test_max_received_refuses_loops(start_gmta, state_dir, received, accepted):
+    gmta = start_gmta(smtp_config(state_dir, "max_received 3"))
+    header = b"".join(b"Received: from hop%d by x; Sat, 21 Nov 2026 05:00:00 +0000\r\n" % i
+                      for i in range(received))
+    with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=10) as client:
+        client.ehlo()
+        client.mail("a@sender.test")
+        client.rcpt("liam@example.test")
+        code, text = client.data(header + b"Subject: loop\r\n\r\nx\r\n")
+    if accepted:
+        assert code == 250
+    else:
+        assert (code, text) == (554, b"5.4.6 Too many Received header fields (4), "
+                                      b"possible forwarding loop")
+    assert len(maildir_messages(state_dir, "liam@example.test")) == int(accepted)
+
+
+def test_io_debug_logs_the_dialogue(start_gmta, state_dir):
+    gmta = start_gmta(smtp_config(state_dir, "io_debug yes"))
+    with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=10) as client:
+        client.noop()
+    gmta.wait_for(r'event=io .*direction=in data="noop\\r\\n"')
+    gmta.wait_for(r'event=io .*direction=out data="250 2.0.0 I have successfully done nothing')
