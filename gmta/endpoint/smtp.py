@@ -352,7 +352,9 @@ class SMTPEndpoint(Module):
                 self.hostname_ascii, lmtp=self.lmtp, max_line_length=self.max_line_length,
                 max_message_size=self.max_message_size, max_header_size=self.max_header_size,
                 max_recipients=self.max_recipients,
-                tls_available=self.tls_context is not None, tls_active=implicit_tls)
+                tls_available=self.tls_context is not None, tls_active=implicit_tls,
+                # DSN is offered once the queue can honour NOTIFY/RET/ENVID.
+                dsn=False)
             driver = SessionDriver(sock, conn, handler, read_timeout=self.read_timeout,
                                    write_timeout=self.write_timeout,
                                    tls_context=self.tls_context, io_debug=self.io_debug,

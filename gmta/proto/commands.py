@@ -64,11 +64,18 @@ def _flag(key: str, value: str | None) -> bool:
     return True
 
 
-def parse_mail(argument: str, *, esmtp: bool, max_message_size: int, tls_active: bool) -> Mail:
+_DSN_PARAMETERS = frozenset({"RET", "ENVID", "NOTIFY", "ORCPT"})
+
+
+def parse_mail(argument: str, *, esmtp: bool, max_message_size: int, tls_active: bool,
+               dsn: bool = True) -> Mail:
     """The argument of MAIL (``FROM:<path> [params]``) as a Mail event."""
     address, rest = parse_reverse_path(_split_path(argument, "FROM:", "MAIL"))
     fields: dict[str, object] = {}
     for key, value in _parameters(rest, esmtp=esmtp, verb="MAIL", keyword="FROM:").items():
+        if key in _DSN_PARAMETERS and not dsn:
+            # RFC 5321 §4.1.1.11: parameters of an extension not offered are refused.
+            raise _unsupported(key)
         match key:
             case "SIZE":
                 # RFC 1870 §6: a declared size over our limit is refused at once.
@@ -113,11 +120,13 @@ def parse_mail(argument: str, *, esmtp: bool, max_message_size: int, tls_active:
     return Mail(address, **fields)
 
 
-def parse_rcpt(argument: str, *, esmtp: bool, smtputf8: bool) -> Rcpt:
+def parse_rcpt(argument: str, *, esmtp: bool, smtputf8: bool, dsn: bool = True) -> Rcpt:
     """The argument of RCPT (``TO:<path> [params]``) as a Rcpt event."""
     address, rest = parse_forward_path(_split_path(argument, "TO:", "RCPT"))
     fields: dict[str, object] = {}
     for key, value in _parameters(rest, esmtp=esmtp, verb="RCPT", keyword="TO:").items():
+        if key in _DSN_PARAMETERS and not dsn:
+            raise _unsupported(key)
         match key:
             case "NOTIFY":
                 fields["notify"] = _notify(_value(key, value))

@@ -152,10 +152,13 @@ def no_arguments(verb: str) -> Reply:
     return Reply(501, (5, 5, 4), f"Syntax: {verb} (no arguments allowed)")
 
 
-def help_text(lmtp: bool) -> Reply:
-    hello = "LHLO" if lmtp else "EHLO HELO"
-    return Reply(214, (2, 0, 0),
-                 f"Commands: {hello} MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH")
+def help_text(lmtp: bool, *, starttls: bool = True, auth: bool = True) -> Reply:
+    """The commands this session can use (RFC 5321 §4.1.1.8)."""
+    verbs = ["LHLO"] if lmtp else ["EHLO", "HELO"]
+    verbs += ["MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "HELP"]
+    verbs += ["STARTTLS"] if starttls else []
+    verbs += ["AUTH"] if auth else []
+    return Reply(214, (2, 0, 0), "Commands: " + " ".join(verbs))
 
 
 # Authentication (RFC 4954 §4 and §6).

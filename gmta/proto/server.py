@@ -159,7 +159,8 @@ class ServerConnection:
                  tls_active: bool = False,
                  auth_mechanisms: Sequence[str] = (),
                  auth_requires_tls: bool = True,
-                 submission: bool = False):
+                 submission: bool = False,
+                 dsn: bool = True):
         mechanisms = tuple(mechanism.upper() for mechanism in auth_mechanisms)
         if not set(mechanisms) <= set(sasl.MECHANISMS):
             raise ValueError(f"unsupported AUTH mechanisms {mechanisms}")
@@ -181,6 +182,9 @@ class ServerConnection:
         self.auth_mechanisms = mechanisms
         self.auth_requires_tls = auth_requires_tls
         self.submission = submission
+        # RFC 3461: advertise DSN (and accept its parameters) only when the
+        # endpoint behind the machine can honour NOTIFY, RET and ENVID.
+        self.dsn = dsn
 
         self.state = State.OPENING
         self.client_name: str | None = None      # from HELO/EHLO/LHLO
@@ -508,13 +512,15 @@ class ServerConnection:
     def _mail(self, argument: str) -> Event:
         if self.submission and self.authenticated_as is None:
             raise replies.AUTH_REQUIRED.to_error()  # RFC 4954 §6
-        return parse_mail(argument, esmtp=self.esmtp, max_message_size=self.max_message_size,
+        return parse_mail(argument, esmtp=self.esmtp, dsn=self.dsn,
+                          max_message_size=self.max_message_size,
                           tls_active=self.tls_active)
 
     def _rcpt(self, argument: str) -> Event:
         if len(self._transaction.recipients) >= self.max_recipients:
             raise replies.too_many_recipients(self.max_recipients).to_error()
-        return parse_rcpt(argument, esmtp=self.esmtp, smtputf8=self._transaction.mail.smtputf8)
+        return parse_rcpt(argument, esmtp=self.esmtp, dsn=self.dsn,
+                          smtputf8=self._transaction.mail.smtputf8)
 
     def _data(self, argument: str) -> Event:
         if argument:
@@ -566,7 +572,9 @@ class ServerConnection:
         return Vrfy(argument)
 
     def _help(self, argument: str) -> Event:
-        self._send(replies.help_text(self.lmtp))
+        self._send(replies.help_text(
+            self.lmtp, starttls=self.tls_available and not self.tls_active,
+            auth=bool(self.auth_mechanisms)))
         return Help(argument)
 
     def _not_implemented(self, argument: str) -> Event:
@@ -660,7 +668,9 @@ class ServerConnection:
         capabilities.append("SMTPUTF8")
         if self.tls_active:
             capabilities.append("REQUIRETLS")  # RFC 8689 §2: only over TLS
-        capabilities += ["DSN", f"SIZE {self.max_message_size}",
+        if self.dsn:
+            capabilities.append("DSN")
+        capabilities += [f"SIZE {self.max_message_size}",
                          f"LIMITS RCPTMAX={self.max_recipients}"]  # RFC 1870, RFC 9422
         return capabilities
 

@@ -270,3 +270,35 @@ def test_quit_closes_and_ignores_what_follows():
 def test_invalid_options(options):
     with pytest.raises(ValueError):
         Session(**options)
+
+
+def test_without_dsn_the_extension_is_not_offered_and_its_parameters_are_refused():
+    """RFC 5321 §4.1.1.11: an endpoint that cannot honour NOTIFY must not take it."""
+    session = Session(dsn=False)
+    session.send()
+    ehlo = session.send(b"EHLO client.example\r\n")
+    assert b"DSN" not in ehlo and b"SIZE " in ehlo
+    assert session.say(b"MAIL FROM:<a@b.example> RET=HDRS\r\n") == ["555 5.5.4"]
+    assert session.say(b"MAIL FROM:<a@b.example> ENVID=x\r\n") == ["555 5.5.4"]
+    assert session.say(b"MAIL FROM:<a@b.example>\r\n") == ["250 2.0.0"]
+    assert session.say(b"RCPT TO:<c@d.example> NOTIFY=NEVER\r\n") == ["555 5.5.4"]
+    assert session.say(b"RCPT TO:<c@d.example> ORCPT=rfc822;c@d.example\r\n") == ["555 5.5.4"]
+    assert session.say(b"RCPT TO:<c@d.example>\r\n") == ["250 2.0.0"]
+
+
+@pytest.mark.parametrize("options, present, absent", [
+    ({}, [b"EHLO", b"HELO", b"MAIL"], [b"STARTTLS", b"AUTH", b"LHLO"]),
+    ({"tls_available": True}, [b"STARTTLS"], [b"AUTH"]),
+    ({"tls_available": True, "tls_active": True}, [], [b"STARTTLS"]),
+    ({"auth_mechanisms": ["PLAIN"]}, [b"AUTH"], [b"STARTTLS"]),
+    ({"lmtp": True}, [b"LHLO"], [b"EHLO", b"HELO"]),
+])
+def test_help_lists_only_what_the_session_can_use(options, present, absent):
+    session = Session(**options)
+    session.send()
+    session.send(b"LHLO x\r\n" if options.get("lmtp") else b"EHLO x\r\n")
+    words = session.send(b"HELP\r\n").split()
+    for word in present:
+        assert word in words
+    for word in absent:
+        assert word not in words
