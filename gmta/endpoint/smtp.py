@@ -21,10 +21,11 @@ import gmta.log
 from gmta.buffer import BufferPolicy, BufferWriter
 from gmta.config.module import Module, register
 from gmta.config.parser import Node
-from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, Size
+from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, ModuleRef, Size
 from gmta.config.tls import TLSServerConfig, parse_server_tls
 from gmta.config.values import parse_endpoint, parse_size
 from gmta.delivery import MessageMeta
+from gmta.endpoint.submission_header import check_and_complete
 from gmta.errors import SMTPError
 from gmta.net import listen
 from gmta.net.session import SessionDriver
@@ -78,6 +79,10 @@ ENDPOINT_DIRECTIVES = (
     Directive("buffer", Custom(parse_buffer, "ram | fs [DIR] | auto [MAX] [DIR]"),
               doc="where bodies wait until delivery"),
     Directive("shutdown_timeout", Duration(), 180.0, doc="grace period for open sessions"),
+    Directive("auth", ModuleRef("auth"), doc="credentials for AUTH PLAIN/LOGIN"),
+    Directive("insecure_auth", Bool(), doc="allow AUTH before TLS (default: only if TLS is off)"),
+    Directive("sasl_login", Bool(), False, doc="offer the LOGIN mechanism besides PLAIN"),
+    Directive("max_logged_rcpt_errors", Int(minimum=0), 5, doc="refused RCPTs logged per session"),
     Directive("dmarc", Bool(), True,
               doc="DMARC enforcement: parsed, waits for the sender-authentication checks"),
 ) + HANDLING_DIRECTIVES
@@ -103,12 +108,14 @@ class EndpointSession:
         self.header = bytearray()
         self.header_done = False
         self.committed = False
+        self.auth_user: str | None = None
+        self.logged_rcpt_errors = 0
 
     # -- handler methods -------------------------------------------------------------
 
     def connected(self) -> None:
         self.log.info("connected", session=self.session_id, peer=_peer_text(self.peer),
-                 endpoint=self.endpoint.instance_name)
+                      endpoint=self.endpoint.instance_name)
 
     def helo(self, name: str, esmtp: bool) -> None:
         self.helo_name = name
@@ -120,7 +127,21 @@ class EndpointSession:
                        cipher=sock.cipher()[0])
 
     def auth(self, event) -> None:
-        raise SMTPError(504, (5, 7, 4), "Authentication is not enabled on this endpoint")
+        """Check AUTH PLAIN/LOGIN credentials (RFC 4954) against the ``auth`` module."""
+        username = event.username
+        # RFC 4616 §2: acting as another identity needs authorisation we do
+        # not have a policy for, so only "as myself" is accepted.
+        if event.authorization_id and event.authorization_id != username:
+            self.log.info("auth_failed", session=self.session_id, username=username,
+                          reason="authorization identity differs")
+            raise AUTH_INVALID
+        if not self.endpoint.auth.authenticate(username, event.password):
+            self.log.info("auth_failed", session=self.session_id, username=username,
+                          mechanism=event.mechanism)
+            raise AUTH_INVALID
+        self.auth_user = username
+        self.log.info("authenticated", session=self.session_id, username=username,
+                      mechanism=event.mechanism)
 
     def mail(self, event) -> None:
         self.transaction_ended()
@@ -146,8 +167,11 @@ class EndpointSession:
             rcpt = normalize_address(event.address)
             self.delivery.add_rcpt(rcpt, params)
         except SMTPError as error:
-            self.log.info("rcpt_refused", session=self.session_id, msg_id=self.meta.id,
-                          rcpt=event.address, reply=str(error))
+            # A dictionary attack would otherwise write a line per guess.
+            if self.logged_rcpt_errors < self.endpoint.max_logged_rcpt_errors:
+                self.logged_rcpt_errors += 1
+                self.log.info("rcpt_refused", session=self.session_id, msg_id=self.meta.id,
+                              rcpt=event.address, reply=str(error))
             raise
         self.rcpts.append(rcpt)
 
@@ -179,6 +203,8 @@ class EndpointSession:
         if received > self.endpoint.max_received:
             raise SMTPError(554, (5, 4, 6), f"Too many Received header fields ({received}), "
                                             "possible forwarding loop")
+        if self.endpoint.submission:
+            header = check_and_complete(header, self.endpoint.hostname_ascii)
         header = self._received_field() + header
         body = self.writer.finish()
         self.writer = None
@@ -222,7 +248,7 @@ class EndpointSession:
             return "SMTP"  # HELO: no registered name says TLS or UTF-8 for it
         name = "LMTP" if self.endpoint.lmtp else "SMTP"
         name = ("UTF8" if smtputf8 else "E" if not self.endpoint.lmtp else "") + name
-        return name + ("S" if self.tls else "")
+        return name + ("S" if self.tls else "") + ("A" if self.auth_user else "")
 
     def _received_field(self) -> bytes:
         """RFC 5321 §4.4 trace field, in maddy's shape (maddy-behaviour §2.1)."""
@@ -230,15 +256,22 @@ class EndpointSession:
         if ":" in ip:
             ip = "IPv6:" + ip  # RFC 5321 §4.1.3 address literal
         helo = self.helo_name if self.smtputf8 else _ascii_or_literal(self.helo_name)
-        parts = [f"from {helo} ([{ip}])", f"by {self.endpoint.hostname_ascii}",
-                 f"(envelope-sender <{self.mail_from}>)",
-                 f"with {self.meta.conn['proto']}", f"id {self.meta.id}"]
+        first = [f"by {self.endpoint.hostname_ascii}"]
+        # Submission does not trace the sender's host (maddy's "don't trace
+        # sender"): it would publish a user's home IP address in every message.
+        if not self.endpoint.submission:
+            first.insert(0, f"from {helo} ([{ip}])")
+        rest = [f"(envelope-sender <{self.mail_from}>)",
+                f"with {self.meta.conn['proto']}", f"id {self.meta.id}"]
         if len(self.rcpts) == 1:
-            parts.append(f"for <{self.rcpts[0]}>")
+            rest.append(f"for <{self.rcpts[0]}>")
         date = email.utils.format_datetime(email.utils.localtime())
-        line = "Received: " + "\r\n\t".join([" ".join(parts[:2]), " ".join(parts[2:])]) + \
+        line = "Received: " + " ".join(first) + "\r\n\t" + " ".join(rest) + \
             f";\r\n\t{date}\r\n"
         return line.encode("utf-8")
+
+
+AUTH_INVALID = SMTPError(535, (5, 7, 8), "Invalid credentials")
 
 
 def _ascii_or_literal(name: str) -> str:
@@ -275,6 +308,7 @@ class SMTPEndpoint(Module):
     max_inline_args = 64
     directives = ENDPOINT_DIRECTIVES
     lmtp = False
+    submission = False
 
     def configure(self, cfg, ctx) -> None:
         if not self.inline_args:
@@ -308,6 +342,19 @@ class SMTPEndpoint(Module):
         self.buffer_policy = cfg.buffer or BufferPolicy("auto", 1 << 20, ctx.state_path("buffer"))
         self.shutdown_timeout = cfg.shutdown_timeout
         self.pipeline = Pipeline.from_values(cfg, self.node)
+        self.auth = cfg.auth
+        if self.submission and self.auth is None:
+            raise self.node.error("missing required directive: auth",
+                                  hint="submission needs an auth provider, such as "
+                                       "'auth &local_authdb'")
+        self.auth_mechanisms = ()
+        if self.auth is not None:
+            self.auth_mechanisms = ("PLAIN", "LOGIN") if cfg.sasl_login else ("PLAIN",)
+        # maddy's defaults: plaintext AUTH only when TLS is off (nothing better is
+        # possible) or on LMTP (a local socket).
+        self.insecure_auth = cfg.insecure_auth if cfg.given("insecure_auth") \
+            else (not tls.enabled or self.lmtp)
+        self.max_logged_rcpt_errors = cfg.max_logged_rcpt_errors
         self.servers = []
         self.sessions = Group()
         self.tls_context = None
@@ -318,7 +365,7 @@ class SMTPEndpoint(Module):
             server = listen.serve(address, functools.partial(self._handle, address))
             self.servers.append(server)
             self.log.info("listening", endpoint=self.instance_name,
-                     address=listen.local_address(server, address))
+                          address=listen.local_address(server, address))
 
     def stop(self) -> None:
         for server in self.servers:
@@ -353,6 +400,8 @@ class SMTPEndpoint(Module):
                 max_message_size=self.max_message_size, max_header_size=self.max_header_size,
                 max_recipients=self.max_recipients,
                 tls_available=self.tls_context is not None, tls_active=implicit_tls,
+                auth_mechanisms=self.auth_mechanisms, auth_requires_tls=not self.insecure_auth,
+                submission=self.submission,
                 # DSN is offered once the queue can honour NOTIFY/RET/ENVID.
                 dsn=False)
             driver = SessionDriver(sock, conn, handler, read_timeout=self.read_timeout,
@@ -367,6 +416,14 @@ class SMTPEndpoint(Module):
             except OSError:
                 pass
             self.log.debug("closed", session=session_id)
+
+
+@register
+class SubmissionEndpoint(SMTPEndpoint):
+    """``submission``: smtp with AUTH required and the header checked (RFC 6409)."""
+
+    name = "submission"
+    submission = True
 
 
 @register
