@@ -5,5 +5,6 @@ the program does, once, through this file. A new module is added here.
 """
 
 import gmta.endpoint.smtp  # noqa: F401
+import gmta.limits  # noqa: F401
 import gmta.target.dummy  # noqa: F401
 import gmta.target.maildir  # noqa: F401

@@ -26,6 +26,7 @@ from gmta.config.tls import TLSServerConfig, parse_server_tls
 from gmta.config.values import parse_endpoint, parse_size
 from gmta.delivery import MessageMeta
 from gmta.endpoint.submission_header import check_and_complete
+from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.errors import SMTPError
 from gmta.net import listen
 from gmta.net.session import SessionDriver
@@ -83,6 +84,10 @@ ENDPOINT_DIRECTIVES = (
     Directive("insecure_auth", Bool(), doc="allow AUTH before TLS (default: only if TLS is off)"),
     Directive("sasl_login", Bool(), False, doc="offer the LOGIN mechanism besides PLAIN"),
     Directive("max_logged_rcpt_errors", Int(minimum=0), 5, doc="refused RCPTs logged per session"),
+    Directive("limits", ModuleRef("limits", block_module="limits"),
+              doc="rate and concurrency limits per transaction (scopes all, ip, source)"),
+    Directive("defer_sender_reject", Bool(), True,
+              doc="apply sender-based limits and checks at the first RCPT, not at MAIL"),
     Directive("dmarc", Bool(), True,
               doc="DMARC enforcement: parsed, waits for the sender-authentication checks"),
 ) + HANDLING_DIRECTIVES
@@ -110,6 +115,9 @@ class EndpointSession:
         self.committed = False
         self.auth_user: str | None = None
         self.logged_rcpt_errors = 0
+        self.lease: Lease | None = None
+        self.sender_stage_done = False
+        self.sender_error: SMTPError | None = None
 
     # -- handler methods -------------------------------------------------------------
 
@@ -156,14 +164,46 @@ class EndpointSession:
         # domains, lower case, NFC (maddy-behaviour §2.1).
         self.mail_from = normalize_address(event.address, sender=True) if event.address else ""
         self.smtputf8 = event.smtputf8
-        self.delivery = self.endpoint.pipeline.start_delivery(self.meta, self.mail_from)
         self.committed = False
+        if not self.endpoint.defer_sender_reject:
+            self._sender_stage()
+        try:
+            self.delivery = self.endpoint.pipeline.start_delivery(self.meta, self.mail_from)
+        except BaseException:
+            # MAIL is refused, so the driver sees no transaction to end.
+            self.transaction_ended()
+            raise
         self.log.debug("mail", session=self.session_id, msg_id=self.meta.id, sender=event.address)
+
+    def _sender_stage(self) -> None:
+        """Work that depends on the sender only: today the endpoint's limits.
+
+        With ``defer_sender_reject`` (the default) it runs at the first RCPT,
+        and its refusal answers every RCPT of the transaction (maddy E14), so
+        the log shows whom a refused message was for.
+        """
+        self.sender_stage_done = True
+        try:
+            self.lease = self.endpoint.limits.take(ip=self._peer_ip(),
+                                                   source=domain_of(self.mail_from))
+        except SMTPError as error:
+            self.sender_error = error
+            self.log.info("sender_refused", session=self.session_id, msg_id=self.meta.id,
+                          sender=self.mail_from, reply=str(error),
+                          scope=error.misc.get("limit_scope"))
+            raise
+
+    def _peer_ip(self) -> str | None:
+        return self.peer[0] if isinstance(self.peer, tuple) and self.peer else None
 
     def rcpt(self, event) -> None:
         params = {"notify": event.notify and sorted(str(n) for n in event.notify),
                   "orcpt": event.orcpt}
         try:
+            if self.sender_error is not None:
+                raise self.sender_error
+            if not self.sender_stage_done:
+                self._sender_stage()
             rcpt = normalize_address(event.address)
             self.delivery.add_rcpt(rcpt, params)
         except SMTPError as error:
@@ -239,6 +279,11 @@ class EndpointSession:
         self.delivery = None
         self.rcpts = []
         self.header = bytearray()
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+        self.sender_stage_done = False
+        self.sender_error = None
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -355,6 +400,8 @@ class SMTPEndpoint(Module):
         self.insecure_auth = cfg.insecure_auth if cfg.given("insecure_auth") \
             else (not tls.enabled or self.lmtp)
         self.max_logged_rcpt_errors = cfg.max_logged_rcpt_errors
+        self.limits = cfg.limits or UNLIMITED
+        self.defer_sender_reject = cfg.defer_sender_reject
         self.servers = []
         self.sessions = Group()
         self.tls_context = None
