@@ -9,12 +9,14 @@ from gmta.proto.events import (
     CLOSED, NEED_DATA, Auth, BodyChunk, BodyType, Connected, DataStart, DsnReturn, Ehlo,
     Event, Helo, Help, Lhlo, Mail, MessageEnd, Noop, Notify, ProtocolError, Quit, Rcpt,
     Rset, StartTLS, Vrfy)
+from gmta.proto.proxy import ProxyHeader, ProxyHeaderParser, ProxyProtocolError, ProxySSL, trusted
 from gmta.proto.replies import Reply, ReplyParser
 from gmta.proto.server import LocalProtocolError, ServerConnection, State
 
 __all__ = [
     "CLOSED", "NEED_DATA", "Auth", "BodyChunk", "BodyType", "Connected", "DataStart",
     "DsnReturn", "Ehlo", "Event", "Helo", "Help", "Lhlo", "LocalProtocolError", "Mail",
-    "MessageEnd", "Noop", "Notify", "ProtocolError", "Quit", "Rcpt", "Reply", "ReplyParser",
-    "Rset", "ServerConnection", "StartTLS", "State", "Vrfy",
+    "MessageEnd", "Noop", "Notify", "ProtocolError", "ProxyHeader", "ProxyHeaderParser",
+    "ProxyProtocolError", "ProxySSL", "Quit", "Rcpt", "Reply", "ReplyParser", "Rset",
+    "ServerConnection", "StartTLS", "State", "Vrfy", "trusted",
 ]
