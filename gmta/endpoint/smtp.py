@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import ipaddress
 import secrets
+from dataclasses import dataclass
 
 import gevent
 from gevent.pool import Group
@@ -21,7 +23,8 @@ import gmta.log
 from gmta.buffer import BufferPolicy, BufferWriter
 from gmta.config.module import Module, register
 from gmta.config.parser import Node
-from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, ModuleRef, Size
+from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Int, ModuleRef, Size,
+                                Strings, read_block)
 from gmta.config.tls import TLSServerConfig, parse_server_tls
 from gmta.config.values import parse_endpoint, parse_size
 from gmta.delivery import MessageMeta
@@ -33,6 +36,8 @@ from gmta.net.session import SessionDriver
 from gmta.net.tls import server_context
 from gmta.pipeline.pipeline import HANDLING_DIRECTIVES, Pipeline
 from gmta.proto.grammar import domain_to_ascii, normalize_address
+from gmta.proto.events import NEED_DATA
+from gmta.proto.proxy import ProxyHeaderParser, ProxyProtocolError, trusted
 from gmta.proto.server import ServerConnection
 
 def parse_buffer(node: Node, ctx) -> BufferPolicy:
@@ -63,11 +68,45 @@ def parse_buffer(node: Node, ctx) -> BufferPolicy:
                      hint="use ram, fs [DIR] or auto [MAX] [DIR]")
 
 
+@dataclass(frozen=True)
+class ProxyPolicy:
+    """``proxy_protocol``: which peers' PROXY headers are believed, and the proxy TLS."""
+
+    networks: tuple
+    tls: TLSServerConfig | None = None
+
+
+def _networks(node: Node, words: list[str]) -> list:
+    try:
+        return [ipaddress.ip_network(word, strict=False) for word in words]
+    except ValueError as e:
+        raise node.error(f"{node.name}: {e}", hint="such as 127.0.0.1 or 192.168.0.0/24") from None
+
+
+def parse_proxy_protocol(node: Node, ctx) -> ProxyPolicy:
+    """``proxy_protocol [NET...] [{ trust NET...; tls ... }]`` (HAProxy PROXY v1 and v2)."""
+    networks = _networks(node, node.args)
+    tls = None
+    if node.children is not None:
+        values = read_block(node, node.children, (
+            Directive("trust", Strings(minimum=0), doc="networks whose headers are believed"),
+            Directive("tls", Custom(parse_server_tls), doc="TLS between the proxy and gmta"),
+        ), ctx)
+        if values.trust:
+            networks += _networks(values.nodes["trust"], values.trust)
+        tls = values.tls
+        if tls is not None and not tls.enabled:
+            tls = None
+    return ProxyPolicy(tuple(networks), tls)
+
+
 ENDPOINT_DIRECTIVES = (
     Directive("hostname", Domain(), required=True, inherit_global=True,
               doc="name in the banner and Received"),
     Directive("tls", Custom(parse_server_tls, "off | self_signed | [file] CERT KEY..."),
               inherit_global=True, doc="certificates for STARTTLS and tls:// listeners"),
+    Directive("proxy_protocol", Custom(parse_proxy_protocol, "[NET...] [{ trust NET...; tls }]"),
+              doc="expect a HAProxy PROXY v1/v2 header on every connection"),
     Directive("io_debug", Bool(), False, doc="log every command and reply"),
     Directive("debug", Bool(), False, inherit_global=True, doc="verbose logging"),
     Directive("read_timeout", Duration(), 600.0, doc="idle time before 421"),
@@ -319,6 +358,11 @@ class EndpointSession:
 AUTH_INVALID = SMTPError(535, (5, 7, 8), "Invalid credentials")
 
 
+# The PROXY header comes first and is small (at most a few hundred bytes): a
+# proxy that does not send it promptly is broken.
+PROXY_HEADER_TIMEOUT = 10.0
+
+
 def _ascii_or_literal(name: str) -> str:
     try:
         return domain_to_ascii(name)
@@ -401,6 +445,8 @@ class SMTPEndpoint(Module):
             else (not tls.enabled or self.lmtp)
         self.max_logged_rcpt_errors = cfg.max_logged_rcpt_errors
         self.limits = cfg.limits or UNLIMITED
+        self.proxy_policy = cfg.proxy_protocol
+        self.proxy_tls_context = None
         self.defer_sender_reject = cfg.defer_sender_reject
         self.servers = []
         self.sessions = Group()
@@ -408,6 +454,8 @@ class SMTPEndpoint(Module):
 
     def start(self) -> None:
         self.tls_context = server_context(self.tls_config, self.hostname_ascii)
+        if self.proxy_policy is not None and self.proxy_policy.tls is not None:
+            self.proxy_tls_context = server_context(self.proxy_policy.tls, self.hostname_ascii)
         for address in self.addresses:
             server = listen.serve(address, functools.partial(self._handle, address))
             self.servers.append(server)
@@ -428,12 +476,51 @@ class SMTPEndpoint(Module):
         for server in self.servers:
             server.stop(timeout=1)
 
+    def _read_proxy_header(self, sock, peer, session_id):
+        """Read the PROXY header; returns (socket, peer to believe, bytes after the header).
+
+        The header is read from every connection, but its addresses replace the
+        real peer only when the peer is trusted (maddy-behaviour §2.1).
+        """
+        if self.proxy_tls_context is not None:
+            with gevent.Timeout(PROXY_HEADER_TIMEOUT):
+                sock = self.proxy_tls_context.wrap_socket(sock, server_side=True)
+        parser = ProxyHeaderParser()
+        with gevent.Timeout(PROXY_HEADER_TIMEOUT):
+            while (header := parser.next_result()) is NEED_DATA:
+                data = sock.recv(4096)
+                if not data:
+                    raise ProxyProtocolError("connection closed before the PROXY header")
+                parser.receive_data(data)
+        real_ip = peer[0] if isinstance(peer, tuple) else ""
+        if header.is_local or not isinstance(header.source, tuple):
+            return sock, peer, header.remaining
+        if not trusted(real_ip, self.proxy_policy.networks):
+            self.log.info("proxy_untrusted", session=session_id, peer=_peer_text(peer),
+                          claimed=header.source[0])
+            return sock, peer, header.remaining
+        host = header.source[0]
+        mapped = ipaddress.ip_address(host)
+        if getattr(mapped, "ipv4_mapped", None) is not None:
+            host = str(mapped.ipv4_mapped)
+        self.log.debug("proxied", session=session_id, proxy=_peer_text(peer),
+                       client=f"{host}:{header.source[1]}")
+        return sock, (host, header.source[1]), header.remaining
+
     def _handle(self, address, sock, peer) -> None:
         session_id = secrets.token_hex(6)
         greenlet = gevent.getcurrent()
         self.sessions.add(greenlet)
         implicit_tls = address.tls
         try:
+            early_data = b""
+            if self.proxy_policy is not None:
+                try:
+                    sock, peer, early_data = self._read_proxy_header(sock, peer, session_id)
+                except (ProxyProtocolError, OSError, gevent.Timeout) as e:
+                    self.log.info("proxy_header_refused", session=session_id,
+                                  peer=_peer_text(peer), reason=str(e))
+                    return
             if implicit_tls:
                 try:
                     with gevent.Timeout(self.write_timeout):
@@ -456,6 +543,7 @@ class SMTPEndpoint(Module):
                                    tls_context=self.tls_context, io_debug=self.io_debug,
                                    session_id=session_id, log=self.log)
             greenlet.driver = driver
+            conn.receive_data(early_data)
             driver.run()
         finally:
             try:
