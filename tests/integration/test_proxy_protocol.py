@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import smtplib
 import socket
 import struct
+import subprocess
+import time
 
 import pytest
 
@@ -71,3 +76,53 @@ def test_a_connection_without_a_valid_header_is_closed_without_a_banner(start_gm
         sock.sendall(b"EHLO not-a-proxy\r\n")
         assert sock.recv(1024) == b""
     gmta.wait_for(r"event=proxy_header_refused")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("send_proxy", ["send-proxy", "send-proxy-v2"])
+def test_behind_a_real_haproxy(start_gmta, state_dir, tmp_path, send_proxy):
+    """haproxy (Debian package) in front of gmta; the client connects from 127.0.0.9."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not os.path.exists(haproxy):
+        pytest.fail("haproxy is not installed: run the README's test command (bash tests/run)")
+    gmta = start_gmta(proxied_config(state_dir, "proxy_protocol 127.0.0.1"))
+    front = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""
+global
+    maxconn 100
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend smtp
+    bind 127.0.0.1:{front}
+    default_backend gmta
+backend gmta
+    server gmta 127.0.0.1:{gmta.port()} {send_proxy}
+""")
+    proc = subprocess.Popen([haproxy, "-f", str(config), "-db"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", front), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "haproxy did not start"
+                time.sleep(0.1)
+        with smtplib.SMTP("127.0.0.1", front, timeout=10,
+                          source_address=("127.0.0.9", 0)) as client:
+            client.sendmail("a@sender.test", ["rory@example.test"], b"Subject: h\r\n\r\nx\r\n")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    [stored] = maildir_messages(state_dir, "rory@example.test")
+    assert b"([127.0.0.9])" in stored
