@@ -22,7 +22,7 @@ setup(
     install_requires=[
         "gevent>=22.10",
         "dnspython>=2.3",
-        "cryptography>=41",
+        "cryptography>=44",  # Argon2id (auth.pass_table)
         "click>=8.1",
     ],
     extras_require={

@@ -74,5 +74,60 @@ def run(config_path: str) -> None:
     sys.exit(serve(config))
 
 
+@main.group()
+def creds() -> None:
+    """Manage the users of an auth.pass_table (its table.file)."""
+
+
+_table_option = click.option(
+    "--table", "block", metavar="NAME",
+    help="The auth.pass_table block to use, when the configuration has several.")
+_password_option = click.option(
+    "--password", metavar="PASSWORD",
+    help="The password, for scripts; it is visible in the process list and shell history. "
+         "Without it, the password is asked for twice.")
+
+
+@creds.command("create")
+@config_option
+@_table_option
+@_password_option
+@click.argument("user")
+def creds_create(config_path: str, block: str | None, password: str | None, user: str) -> None:
+    """Add USER with a password; fails if USER exists."""
+    from gmta import creds as impl
+    impl.create(config_path, block, user, password)
+
+
+@creds.command("password")
+@config_option
+@_table_option
+@_password_option
+@click.argument("user")
+def creds_password(config_path: str, block: str | None, password: str | None, user: str) -> None:
+    """Set a new password for USER; fails if USER does not exist."""
+    from gmta import creds as impl
+    impl.set_password(config_path, block, user, password)
+
+
+@creds.command("remove")
+@config_option
+@_table_option
+@click.argument("user")
+def creds_remove(config_path: str, block: str | None, user: str) -> None:
+    """Remove USER; fails if USER does not exist."""
+    from gmta import creds as impl
+    impl.remove(config_path, block, user)
+
+
+@creds.command("list")
+@config_option
+@_table_option
+def creds_list(config_path: str, block: str | None) -> None:
+    """Print the users, one per line."""
+    from gmta import creds as impl
+    impl.list_users(config_path, block)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

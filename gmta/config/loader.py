@@ -15,6 +15,9 @@ Order of work, as in maddy:
 
 Independent errors (one per endpoint or global) are collected and reported
 together; ``check-config`` prints them all.
+
+:func:`load_block` does steps 1–3 and then configures a single named block,
+for tools such as ``gmta creds`` that need one block and not the server.
 """
 
 from __future__ import annotations
@@ -335,40 +338,8 @@ def build(nodes: list[Node], file: str, warnings: list[ConfigError] | None = Non
         else:
             block_nodes.append((node, cls))
 
-    # Directories first: the other globals resolve paths against them.
-    dir_specs = tuple(d for d in GLOBAL_DIRECTIVES if d.name in ("state_dir", "runtime_dir"))
-    other_specs = tuple(d for d in GLOBAL_DIRECTIVES if d not in dir_specs)
-    try:
-        dirs = read_block(None, [n for n in global_nodes if n.name in ("state_dir", "runtime_dir")],
-                          dir_specs, ctx)
-        ctx.state_dir, ctx.runtime_dir = dirs.state_dir, dirs.runtime_dir
-        others = read_block(None, [n for n in global_nodes
-                                   if n.name not in ("state_dir", "runtime_dir")], other_specs, ctx)
-    except ConfigError as e:
-        raise ConfigErrors(errors + [e]) from None
-    for name in ("state_dir", "runtime_dir"):
-        others._values[name] = dirs[name]
-        if dirs.given(name):
-            others.nodes[name] = dirs.nodes[name]
-    ctx.globals = others
-
-    for node, cls in block_nodes:
-        if not node.args:
-            names = [cls.name]
-        else:
-            names = node.args
-        for name in names:
-            if name.startswith("&") or not name:
-                errors.append(node.error(f"invalid block name {name!r}"))
-                continue
-            existing = ctx.blocks.get(name)
-            if existing is not None:
-                errors.append(node.error(f"config block named {name} already exists",
-                                         hint=f"defined at {existing.node.location}"))
-                continue
-            block = _Block(node, cls, names[0])
-            # Aliases share the first name's _Block, hence one instance.
-            ctx.blocks[name] = ctx.blocks.get(names[0], block) if name != names[0] else block
+    _read_globals(ctx, global_nodes, errors)
+    _register_blocks(ctx, block_nodes, errors)
 
     endpoints: list[Module] = []
     for node, cls in endpoint_nodes:
@@ -394,3 +365,105 @@ def build(nodes: list[Node], file: str, warnings: list[ConfigError] | None = Non
     if errors:
         raise ConfigErrors(errors)
     return LoadedConfig(file, ctx.globals, endpoints, ctx.instances, ctx.warnings)
+
+
+def _read_globals(ctx: Context, global_nodes: list[Node], errors: list[ConfigError]) -> None:
+    """Step 2: the global directives into ``ctx.globals``; an error raises with *errors*."""
+    # Directories first: the other globals resolve paths against them.
+    dir_specs = tuple(d for d in GLOBAL_DIRECTIVES if d.name in ("state_dir", "runtime_dir"))
+    other_specs = tuple(d for d in GLOBAL_DIRECTIVES if d not in dir_specs)
+    try:
+        dirs = read_block(None, [n for n in global_nodes if n.name in ("state_dir", "runtime_dir")],
+                          dir_specs, ctx)
+        ctx.state_dir, ctx.runtime_dir = dirs.state_dir, dirs.runtime_dir
+        others = read_block(None, [n for n in global_nodes
+                                   if n.name not in ("state_dir", "runtime_dir")], other_specs, ctx)
+    except ConfigError as e:
+        raise ConfigErrors(errors + [e]) from None
+    for name in ("state_dir", "runtime_dir"):
+        others._values[name] = dirs[name]
+        if dirs.given(name):
+            others.nodes[name] = dirs.nodes[name]
+    ctx.globals = others
+
+
+def _register_blocks(ctx: Context, block_nodes: list[tuple[Node, type[Module]]],
+                     errors: list[ConfigError]) -> None:
+    """Step 3: every named block into ``ctx.blocks``, unconfigured; problems go to *errors*."""
+    for node, cls in block_nodes:
+        if not node.args:
+            names = [cls.name]
+        else:
+            names = node.args
+        for name in names:
+            if name.startswith("&") or not name:
+                errors.append(node.error(f"invalid block name {name!r}"))
+                continue
+            existing = ctx.blocks.get(name)
+            if existing is not None:
+                errors.append(node.error(f"config block named {name} already exists",
+                                         hint=f"defined at {existing.node.location}"))
+                continue
+            block = _Block(node, cls, names[0])
+            # Aliases share the first name's _Block, hence one instance.
+            ctx.blocks[name] = ctx.blocks.get(names[0], block) if name != names[0] else block
+
+
+def load_block(path: str, name: str | None = None, *, module: str | None = None,
+               environ: dict[str, str] | None = None) -> Module:
+    """Configure one top-level block of *path*, and what it refers to, and nothing else.
+
+    For tools that work on one block, such as ``gmta creds`` on an
+    ``auth.pass_table``: endpoints are not configured, the other blocks need
+    not be referred to, and blocks of modules this build does not know are
+    skipped. Globals are read as for :func:`load` (``state_dir`` matters).
+    *name* selects the block (a name or an alias); without it, the one block of
+    *module* is taken, and none or several is an error. Errors raise ConfigErrors.
+    """
+    if name is None and module is None:
+        raise ValueError("load_block needs a block name or a module name")
+    parser = Parser(environ)
+    try:
+        nodes = parser.parse_file(path)
+    except ConfigError as e:
+        raise ConfigErrors([e]) from None
+    ctx = Context(path)
+    errors: list[ConfigError] = []
+    global_nodes = [n for n in nodes if n.name in GLOBAL_NAMES]
+    block_nodes = []
+    for node in nodes:
+        cls = registry.lookup(node.name) if node.name not in GLOBAL_NAMES else None
+        if cls is not None and not cls.endpoint:
+            block_nodes.append((node, cls))
+    _read_globals(ctx, global_nodes, errors)
+    _register_blocks(ctx, block_nodes, errors)
+    if errors:
+        raise ConfigErrors(errors)
+
+    blocks = list({id(b): b for b in ctx.blocks.values()}.values())
+    if name is not None:
+        block = ctx.blocks.get(name)
+        if block is None:
+            names = [b.name for b in blocks if module is None or b.cls.name == module]
+            raise ConfigErrors([ConfigError(
+                f"no configuration block named {name}", path,
+                hint=("the " + (f"{module} " if module else "") + "blocks are: " + ", ".join(names))
+                if names else None)])
+        if module is not None and block.cls.name != module:
+            raise ConfigErrors([block.node.error(f"{name} is a {block.cls.name} block, "
+                                                 f"not {module}")])
+    else:
+        found = [b for b in blocks if b.cls.name == module]
+        if not found:
+            raise ConfigErrors([ConfigError(
+                f"no {module} block in this configuration", path,
+                hint=f"gmta looks for a top-level block such as '{module} NAME {{ ... }}'")])
+        if len(found) > 1:
+            raise ConfigErrors([ConfigError(
+                f"several {module} blocks: " + ", ".join(b.name for b in found), path,
+                hint="choose one by name")])
+        block = found[0]
+    try:
+        return ctx.new_instance(block.cls, block.name, [], block.node, register=block)
+    except ConfigError as e:
+        raise ConfigErrors([e]) from None

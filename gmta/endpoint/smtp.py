@@ -182,9 +182,9 @@ class EndpointSession:
             self.log.info("auth_failed", session=self.session_id, username=username,
                           reason="authorization identity differs")
             raise AUTH_INVALID
-        if not self.endpoint.auth.authenticate(username, event.password):
-            self.log.info("auth_failed", session=self.session_id, username=username,
-                          mechanism=event.mechanism)
+        # The auth module logs a failure (with its reason, never the password).
+        if not self.endpoint.auth.authenticate(username, event.password,
+                                               session=self.session_id):
             raise AUTH_INVALID
         self.auth_user = username
         self.log.info("authenticated", session=self.session_id, username=username,
