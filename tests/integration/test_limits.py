@@ -152,3 +152,30 @@ def test_no_slot_leaks(start_gmta, state_dir, path):
         deadline = time.monotonic() + 3
         while not mail_is_accepted_at_once(gmta.port()):
             assert time.monotonic() < deadline, f"slot leaked after {path}"
+
+
+def test_l4_source_rate_bounds_full_messages_from_one_domain(start_gmta, state_dir):
+    gmta = start_gmta(limited_config(state_dir, "source rate 5 1s"))
+    started = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=15) as client:
+        for n in range(10):
+            assert client.sendmail("a@sender.test", ["x@example.test"], f"Subject: {n}\r\n\r\nx\r\n") == {}
+        # Another sender domain has its own bucket: no wait.
+        other = time.monotonic()
+        client.sendmail("b@other.test", ["x@example.test"], b"Subject: o\r\n\r\nx\r\n")
+        assert time.monotonic() - other < 0.5
+    assert 0.7 < time.monotonic() - started < 4.0
+
+
+def test_l5_ip_rate_is_per_client_address(start_gmta, state_dir):
+    gmta = start_gmta(limited_config(state_dir, "ip rate 5 1s"))
+    started = time.monotonic()
+    for source in ("127.0.0.1", "127.0.0.2"):
+        with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=15,
+                          source_address=(source, 0)) as client:
+            client.ehlo()
+            for _ in range(5):
+                assert client.mail("a@sender.test")[0] == 250
+                client.rset()
+    # Each address has 5 tokens at once: ten transactions without throttling.
+    assert time.monotonic() - started < 0.7
