@@ -111,6 +111,9 @@ def parse_server_tls(node: Node, ctx: "Context") -> TLSServerConfig:
     if not args:
         raise where.error("tls: expected 'off', 'self_signed', 'CERT KEY' or 'file CERT KEY...'")
     mode = args[0].lower()
+    if mode.startswith("&"):
+        raise where.error("tls: references to tls blocks are not supported",
+                          hint="write 'tls file CERT KEY' here or as a global directive")
     if mode == "off" or mode == "self_signed":
         if len(args) != 1:
             raise where.error(f"tls {mode} takes no further arguments")

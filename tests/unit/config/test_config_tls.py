@@ -163,3 +163,15 @@ def test_client_everything(ctx, pem):
 ])
 def test_client_errors(text, message, ctx, pem):
     assert error(parse_client_tls, text, ctx).startswith(message.format(d=pem))
+
+
+def test_tls_reference_is_refused_with_advice():
+    from gmta.config.loader import Context
+    from gmta.config.parser import parse_text
+    from gmta.config.tls import parse_server_tls
+    from gmta.errors import ConfigError
+
+    [node] = parse_text("tls &shared_tls\n", "t.conf")
+    with pytest.raises(ConfigError) as refused:
+        parse_server_tls(node, Context("t.conf"))
+    assert str(refused.value).startswith("t.conf:1: tls: references to tls blocks are not supported")
