@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
 import sys
 import time
@@ -104,6 +105,11 @@ def setup(targets, debug: bool = False, stream=None) -> None:
                                                      facility=logging.handlers.SysLogHandler.LOG_MAIL)
             handler.setFormatter(_Formatter(timestamps=False))
         else:
+            # gmta run sets logging up before it creates state_dir, where a
+            # relative log path lives.
+            directory = os.path.dirname(target.path)
+            if directory:
+                os.makedirs(directory, mode=0o750, exist_ok=True)
             # WatchedFileHandler reopens the file when logrotate moves it.
             handler = logging.handlers.WatchedFileHandler(target.path)
             handler.setFormatter(_Formatter(timestamps=True))

@@ -13,7 +13,7 @@ import os
 import signal
 
 import gevent
-from gevent.queue import Empty, Queue
+from gevent.queue import Queue
 
 import gmta.log
 from gmta import __version__
@@ -40,7 +40,11 @@ def serve(config: LoadedConfig) -> int:
     try:
         try:
             prepare_directories(config)
-            for instance in config.instances:
+            # Targets and other blocks first, endpoints last: nothing is accepted
+            # before what it is delivered to runs, and on stop (the reverse
+            # order) endpoints drain before their targets stop.
+            ordered = sorted(config.instances, key=lambda instance: instance.endpoint)
+            for instance in ordered:
                 instance.start()
                 started.append(instance)
         except OSError as e:
@@ -58,14 +62,13 @@ def serve(config: LoadedConfig) -> int:
         # transaction cut off here was never acknowledged.
         drain = gevent.spawn(_stop_all, list(reversed(started)))
         started = []
-        while not drain.ready():
-            try:
-                sig = signals.get(timeout=0.5)
-            except Empty:
-                continue
-            log.warning("stopping_now", signal=signal.Signals(sig).name)
+        second = gevent.spawn(signals.get)
+        gevent.wait([drain, second], count=1)
+        if not drain.ready():
+            log.warning("stopping_now", signal=signal.Signals(second.value).name)
             drain.kill(block=False)
             return EXIT_FORCED_STOP
+        second.kill(block=False)
     finally:
         _stop_all(reversed(started))
         for handler in handlers:
@@ -79,4 +82,4 @@ def _stop_all(instances) -> None:
         try:
             instance.stop()
         except Exception as e:  # one module failing to stop must not keep others running
-            log.error("stop_failed", module=instance.instance_name, error=repr(e))
+            log.error("stop_failed", instance=instance.instance_name, error=repr(e))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.utils
 import functools
 import ipaddress
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -157,6 +158,7 @@ class EndpointSession:
         self.lease: Lease | None = None
         self.sender_stage_done = False
         self.sender_error: SMTPError | None = None
+        self.body_error: SMTPError | None = None
 
     # -- handler methods -------------------------------------------------------------
 
@@ -255,11 +257,26 @@ class EndpointSession:
         self.rcpts.append(rcpt)
 
     def data_start(self) -> None:
+        self.body_error = None
         self.writer = self.endpoint.buffer_policy.writer()
         self.header = bytearray()
         self.header_done = False
 
     def body_chunk(self, data: bytes) -> None:
+        if self.body_error is not None:
+            return  # the rest of a body that can no longer be stored
+        try:
+            self._store_chunk(data)
+        except OSError as e:
+            # A full disk or an unwritable buffer directory: keep reading to
+            # the end of data (the machine does), then answer 451.
+            self.log.error("buffer_failed", session=self.session_id, msg_id=self.meta.id,
+                           error=e.strerror or str(e))
+            self.body_error = SMTPError(451, (4, 3, 0), "Cannot store the message now, "
+                                                        "try again later")
+            self.writer.discard()
+
+    def _store_chunk(self, data: bytes) -> None:
         if self.header_done:
             self.writer.write(data)
             return
@@ -273,6 +290,8 @@ class EndpointSession:
             del self.header[end:]
 
     def message_end(self) -> list[SMTPError | None] | None:
+        if self.body_error is not None:
+            raise self.body_error
         header = bytes(self.header)
         if not self.header_done and header and not header.endswith(b"\r\n"):
             # A message without an empty line is all header (RFC 5322 §2.1);
@@ -339,7 +358,7 @@ class EndpointSession:
         ip = self.peer[0] if isinstance(self.peer, tuple) and self.peer else "unix"
         if ":" in ip:
             ip = "IPv6:" + ip  # RFC 5321 §4.1.3 address literal
-        helo = self.helo_name if self.smtputf8 else _ascii_or_literal(self.helo_name)
+        helo = _trace_name(self.helo_name, self.smtputf8)
         first = [f"by {self.endpoint.hostname_ascii}"]
         # Submission does not trace the sender's host (maddy's "don't trace
         # sender"): it would publish a user's home IP address in every message.
@@ -368,6 +387,19 @@ def _ascii_or_literal(name: str) -> str:
         return domain_to_ascii(name)
     except (SMTPError, UnicodeError, ValueError):
         return name.encode("ascii", "replace").decode()
+
+
+# What may stand for the client's name in a trace field: a domain, an address
+# literal, or (RFC 6531) UTF-8 letters. Anything else the client sent could
+# forge the rest of the Received line, so it is replaced.
+_UNSAFE_TRACE_CHARS = re.compile(r"[^\w.\-:\[\]]")
+
+
+def _trace_name(name: str, utf8: bool) -> str:
+    """The EHLO name as it may appear in ``Received: from NAME``."""
+    if not utf8:
+        name = _ascii_or_literal(name)
+    return _UNSAFE_TRACE_CHARS.sub("?", name) or "?"
 
 
 def _header_end(header: bytearray) -> int | None:

@@ -35,8 +35,15 @@ def bind(endpoint: Endpoint) -> socket.socket:
         sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
-        raise OSError(e.errno, f"cannot listen on {endpoint}: {e.strerror}") from None
+        raise _failure(e, f"cannot listen on {endpoint}") from None
     return sock
+
+
+def _failure(e: OSError, what: str) -> OSError:
+    # Some errors carry no errno ("AF_UNIX path too long"): strerror is None then.
+    if e.errno is None:
+        return OSError(f"{what}: {e}")
+    return OSError(e.errno, f"{what}: {e.strerror}")
 
 
 def _bind_unix(path: str) -> socket.socket:
@@ -58,7 +65,7 @@ def _bind_unix(path: str) -> socket.socket:
         sock.close()
         if e.errno == errno.EADDRINUSE:
             raise OSError(e.errno, f"cannot listen on unix://{path}: a file is in the way") from None
-        raise OSError(e.errno, f"cannot listen on unix://{path}: {e.strerror}") from None
+        raise _failure(e, f"cannot listen on unix://{path}") from None
     return sock
 
 

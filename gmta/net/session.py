@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket as _stdlib_socket
 import ssl
+import sys
 from typing import Protocol
 
 import gevent
@@ -33,6 +34,7 @@ RECV_SIZE = 64 * 1024
 # machine does not know about (RFC 5321 §4.2.2: 421 closes the channel).
 IDLE_TIMEOUT = SMTPError(421, (4, 4, 2), "Idle timeout, bye bye")
 SHUTTING_DOWN = SMTPError(421, (4, 3, 2), "Service shutting down, try again later")
+INTERNAL_ERROR = SMTPError(451, (4, 3, 0), "Internal error, try again later")
 
 
 class SessionHandler(Protocol):
@@ -81,7 +83,16 @@ class SessionDriver:
         """Stop after the current transaction; an idle session stops now with 421."""
         self.stopping = True
         if self.idle:
-            greenlet.kill(StopRequested, block=False)
+            # The exception is thrown later, from the hub: by then a command that
+            # had already arrived may have begun a transaction, which must finish.
+            gevent.get_hub().loop.run_callback(self._stop_if_idle, greenlet)
+
+    def _stop_if_idle(self, greenlet) -> None:
+        if self.idle and not greenlet.dead:
+            try:
+                greenlet.throw(StopRequested)
+            except BaseException:  # pragma: no cover - as gevent's own kill does
+                gevent.get_hub().handle_error(greenlet, *sys.exc_info())
 
     # -- I/O with timeouts ---------------------------------------------------------
 
@@ -188,6 +199,13 @@ class SessionDriver:
             results = self._call_handler(event)
         except SMTPError as error:
             conn.reject(error)
+            return
+        except Exception as e:
+            # DESIGN §3: anything that is not an SMTPError is a temporary failure;
+            # the client is told so and may retry, and the log says what broke.
+            self.log.error("handler_failed", session=self.session_id,
+                           command=type(event).__name__, error=repr(e))
+            conn.reject(INTERNAL_ERROR)
             return
         if isinstance(event, MessageEnd) and results is not None:
             conn.reply_per_recipient(results)

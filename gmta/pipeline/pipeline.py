@@ -24,6 +24,11 @@ log = gmta.log.get("pipeline")
 DEFAULT_REJECT = SMTPError(554, (5, 7, 0), "Message rejected due to a local policy")
 
 
+def _ascii_digits(text: str) -> bool:
+    # str.isdigit() alone accepts "²", which int() then refuses with a ValueError.
+    return text.isascii() and text.isdigit()
+
+
 def parse_reject(node: Node, ctx) -> SMTPError:
     """``reject [code [enhanced-code [text]]]``; the text may be several words."""
     if node.children is not None:
@@ -32,14 +37,14 @@ def parse_reject(node: Node, ctx) -> SMTPError:
     if not args:
         return DEFAULT_REJECT
     code_text = args[0]
-    if not (len(code_text) == 3 and code_text.isdigit() and code_text[0] in "45"):
+    if not (len(code_text) == 3 and _ascii_digits(code_text) and code_text[0] in "45"):
         raise node.error(f"reject: invalid reply code {code_text!r}",
                          hint="use a 4xx (temporary) or 5xx (permanent) code")
     code = int(code_text)
     enhanced = (code // 100, 0, 0)
     if len(args) > 1:
         parts = args[1].split(".")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        if len(parts) != 3 or not all(_ascii_digits(p) for p in parts):
             raise node.error(f"reject: invalid enhanced code {args[1]!r}",
                              hint="such as 5.7.1 (RFC 3463)")
         enhanced = tuple(int(p) for p in parts)
@@ -99,11 +104,22 @@ class PipelineDelivery:
         if not self.deliveries:
             # Targets start on the first recipient: a transaction whose
             # recipients are all refused costs the targets nothing.
-            for target in self.pipeline.targets:
-                self.deliveries.append(target.start_delivery(self.meta, self.mail_from))
+            self.deliveries = self._start_all()
         for delivery in self.deliveries:
             delivery.add_rcpt(rcpt, params)
         self.rcpts.append(rcpt)
+
+    def _start_all(self) -> list[Delivery]:
+        """A delivery on every target, or none: a target that cannot start must not
+        leave the others to deliver the message alone."""
+        started: list[Delivery] = []
+        try:
+            for target in self.pipeline.targets:
+                started.append(target.start_delivery(self.meta, self.mail_from))
+        except BaseException:
+            self._abort_all(started)
+            raise
+        return started
 
     def body(self, header: bytes, body) -> None:
         for delivery in self.deliveries:
@@ -114,7 +130,10 @@ class PipelineDelivery:
             delivery.commit()
 
     def abort(self) -> None:
-        for delivery in self.deliveries:
+        self._abort_all(self.deliveries)
+
+    def _abort_all(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
             try:
                 delivery.abort()
             except Exception as e:  # abort is best effort and must reach every target

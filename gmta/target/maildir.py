@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 import time
 
@@ -28,6 +29,7 @@ from gmta.errors import SMTPError
 log = gmta.log.get("target.maildir")
 
 _PLACEHOLDERS = ("{local}", "{domain}", "{address}")
+_PLACEHOLDER = re.compile(r"\{(local|domain|address)\}")
 _counter = itertools.count(1)
 
 
@@ -120,13 +122,15 @@ class MaildirTarget(Module):
 
     def maildir_for(self, rcpt: str) -> str:
         """The Maildir of *rcpt*, refusing addresses that would escape the template."""
-        local, domain = split_address(rcpt.lower())
+        address = rcpt.lower()
+        local, domain = split_address(address)
         for part in (local, domain):
             # A '/' or a '..' component would write outside the mail tree.
             if "/" in part or "\0" in part or part in (".", "..") or part.startswith("."):
                 raise SMTPError(550, (5, 1, 3), "Mailbox name not allowed")
-        path = (self.template.replace("{address}", rcpt.lower())
-                .replace("{local}", local).replace("{domain}", domain))
+        # One pass: braces are atext, so an address may itself contain "{domain}".
+        values = {"local": local, "domain": domain, "address": address}
+        path = _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.template)
         if not self.create and not all(os.path.isdir(os.path.join(path, sub))
                                        for sub in ("cur", "new", "tmp")):
             raise SMTPError(550, (5, 1, 1), "Mailbox does not exist")

@@ -1,0 +1,225 @@
+"""``gmta.daemon.process.serve``: start, stop on a signal, start failures.
+
+The modules are throw-away ones registered for one test; they write what
+happens to them into a journal. Signals are real (``os.kill`` of this
+process) but only sent once ``serve`` has installed its handlers: a module's
+``start()`` sends them from a greenlet.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+
+import gevent
+import pytest
+
+from gmta.config import module as registry
+from gmta.config.loader import load_text
+from gmta.config.module import Module
+from gmta.config.reader import Bool, Directive, Enum, ModuleRef
+from gmta.daemon import process
+
+JOURNAL: list[tuple[str, str]] = []
+
+
+class Behaviour:
+    """What the modules do on start and stop (``start``/``stop`` directives)."""
+
+    @staticmethod
+    def act(instance, phase: str, what: str) -> None:
+        JOURNAL.append((phase, instance.instance_name))
+        if what == "oserror":
+            raise OSError(errno.EADDRINUSE, "cannot listen on tcp://127.0.0.1:25: "
+                                            "Address already in use")
+        if what == "enoent":
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/nowhere/x")
+        if what == "bug":
+            raise RuntimeError(f"{phase} bug")
+        if what == "signal":
+            gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGTERM)
+        if what == "signal_twice":
+            gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGTERM)
+        if what == "hang_and_signal":
+            gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGINT)
+            gevent.sleep(30)
+            JOURNAL.append(("stop_finished", instance.instance_name))
+
+
+ACTIONS = Enum("ok", "oserror", "enoent", "bug", "signal", "signal_twice", "hang_and_signal")
+
+
+class DaemonEndpoint(Module):
+    name = "ut.daemon_endpoint"
+    endpoint = True
+    max_inline_args = 4
+    directives = (
+        Directive("deliver_to", ModuleRef("target"), repeat=True),
+        Directive("start", ACTIONS, "ok"),
+        Directive("stop", ACTIONS, "ok"),
+        Directive("debug", Bool(), False),
+    )
+
+    def configure(self, cfg, ctx):
+        self.on_start, self.on_stop = cfg.start, cfg.stop
+
+    def start(self):
+        Behaviour.act(self, "start", self.on_start)
+
+    def stop(self):
+        Behaviour.act(self, "stop", self.on_stop)
+
+
+class DaemonTarget(DaemonEndpoint):
+    name = "target.ut_daemon"
+    endpoint = False
+    kinds = frozenset({"target"})
+    max_inline_args = 0
+
+
+@pytest.fixture(autouse=True)
+def modules():
+    for cls in (DaemonEndpoint, DaemonTarget):
+        registry.register(cls)
+    JOURNAL.clear()
+    yield
+    for cls in (DaemonEndpoint, DaemonTarget):
+        registry.unregister(cls)
+
+
+@pytest.fixture(autouse=True)
+def _restore_signals():
+    """gevent's handlers leave SIGINT/SIGTERM at SIG_DFL when cancelled: put Python's back."""
+    saved = {sig: signal.getsignal(sig) for sig in process.STOP_SIGNALS}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.fixture
+def log_lines():
+    lines: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("gmta")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def config(tmp_path, first="ok", target="ok", second="ok", first_stop="ok", target_stop="ok",
+           second_stop="ok"):
+    text = f"""state_dir {tmp_path}/state
+runtime_dir {tmp_path}/run
+ut.daemon_endpoint tcp://one {{
+    deliver_to &t
+    start {first}
+    stop {first_stop}
+}}
+target.ut_daemon t {{
+    start {target}
+    stop {target_stop}
+}}
+ut.daemon_endpoint tcp://two {{
+    deliver_to &t
+    start {second}
+    stop {second_stop}
+}}
+"""
+    return load_text(text, "d.conf")
+
+
+def serve(cfg) -> int:
+    """Run serve() in a greenlet with a deadline, so a hang fails instead of blocking."""
+    return gevent.spawn(process.serve, cfg).get(timeout=10)
+
+
+def events(lines: list[str]) -> list[str]:
+    return [line.split(" ")[1].removeprefix("event=") for line in lines
+            if line.startswith("module=daemon ")]
+
+
+ONE, T, TWO = "ut.daemon_endpoint tcp://one", "t", "ut.daemon_endpoint tcp://two"
+
+
+def test_stop_signal_stops_modules_in_reverse_order(tmp_path, log_lines):
+    cfg = config(tmp_path, second="signal")
+    assert serve(cfg) == 0
+    # Targets start before the endpoints that deliver to them, and stop after them.
+    assert JOURNAL == [("start", T), ("start", ONE), ("start", TWO),
+                       ("stop", TWO), ("stop", ONE), ("stop", T)]
+    assert events(log_lines) == ["started", "stopping", "stopped"]
+    [started] = [x for x in log_lines if "event=started" in x]
+    assert f"config=d.conf pid={os.getpid()} endpoints=2" in started
+    assert any("event=stopping signal=SIGTERM" in x for x in log_lines)
+    # state_dir and runtime_dir were created before the modules started.
+    assert (tmp_path / "state").is_dir() and (tmp_path / "run").is_dir()
+
+
+def test_start_failure_returns_1_and_logs_start_failed(tmp_path, log_lines):
+    cfg = config(tmp_path, target="oserror")
+    assert serve(cfg) == process.EXIT_START_FAILED == 1
+    # The target failed first: nothing had started, nothing else starts.
+    assert JOURNAL == [("start", T)]
+    [line] = [x for x in log_lines if "event=start_failed" in x]
+    assert line == ('module=daemon event=start_failed '
+                    'error="cannot listen on tcp://127.0.0.1:25: Address already in use"')
+    assert "started" not in events(log_lines)
+
+
+def test_start_failure_names_the_path(tmp_path, log_lines):
+    assert serve(config(tmp_path, first="enoent")) == 1
+    [line] = [x for x in log_lines if "event=start_failed" in x]
+    assert line == ('module=daemon event=start_failed error="No such file or directory" '
+                    'path=/nowhere/x')
+    assert JOURNAL == [("start", T), ("start", ONE), ("stop", T)]
+
+
+def test_directory_that_cannot_be_created_is_a_start_failure(tmp_path, log_lines):
+    (tmp_path / "state").write_text("a file where state_dir should be")
+    assert serve(config(tmp_path)) == 1
+    assert JOURNAL == []
+    assert any("event=start_failed" in x and f"path={tmp_path}/state" in x for x in log_lines)
+
+
+def test_unexpected_start_error_propagates_after_stopping_what_started(tmp_path):
+    with pytest.raises(RuntimeError, match="start bug"):
+        serve(config(tmp_path, second="bug"))
+    assert JOURNAL == [("start", T), ("start", ONE), ("start", TWO), ("stop", ONE), ("stop", T)]
+
+
+def test_a_failing_stop_does_not_keep_the_others_running(tmp_path, log_lines):
+    cfg = config(tmp_path, second="signal", target_stop="bug")
+    assert serve(cfg) == 0
+    assert JOURNAL[-3:] == [("stop", TWO), ("stop", ONE), ("stop", T)]
+    [line] = [x for x in log_lines if "event=stop_failed" in x]
+    # The instance has its own field: "module" stays the logger's.
+    assert line == "module=daemon event=stop_failed instance=t error=\"RuntimeError('stop bug')\""
+
+
+def test_second_signal_during_the_drain_stops_at_once(tmp_path, log_lines):
+    cfg = config(tmp_path, second="signal", second_stop="hang_and_signal")
+    assert serve(cfg) == process.EXIT_FORCED_STOP == 1
+    # The drain was cut short: the hanging stop never finished, the rest never ran.
+    assert JOURNAL == [("start", T), ("start", ONE), ("start", TWO), ("stop", TWO)]
+    assert events(log_lines) == ["started", "stopping", "stopping_now"]
+    assert any("event=stopping_now signal=SIGINT" in x for x in log_lines)
+
+
+def test_listen_error_without_errno_is_logged_whole(tmp_path, log_lines, monkeypatch):
+    """A real listener failing: the log line carries the whole reason."""
+    from gmta.config.values import Endpoint
+    from gmta.net import listen
+
+    path = str(tmp_path / ("x" * 120 + ".sock"))
+    monkeypatch.setattr(DaemonEndpoint, "start",
+                        lambda self: listen.bind(Endpoint("unix", path=path)))
+    assert serve(config(tmp_path)) == 1
+    [line] = [x for x in log_lines if "event=start_failed" in x]
+    assert line == f'module=daemon event=start_failed error="cannot listen on unix://{path}: ' \
+                   'AF_UNIX path too long"'
