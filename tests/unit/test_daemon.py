@@ -9,7 +9,6 @@ process) but only sent once ``serve`` has installed its handlers: a module's
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import signal
 
@@ -96,20 +95,6 @@ def _restore_signals():
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
-
-
-@pytest.fixture
-def log_lines():
-    lines: list[str] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("gmta")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def config(tmp_path, first="ok", target="ok", second="ok", first_stop="ok", target_stop="ok",

@@ -8,7 +8,6 @@ the glue quickly: header/body split, Received, buffers freed, aborts, refusals.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 
@@ -30,20 +29,6 @@ tls off
 {body}
 }}
 """
-
-
-@pytest.fixture
-def log_lines():
-    lines: list[str] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("gmta")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 class Conversation:

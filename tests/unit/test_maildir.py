@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import io
-import logging
 import os
 import re
 
@@ -36,20 +35,6 @@ def root(tmp_path):
 @pytest.fixture
 def target(root):
     return make_target(f"{root}/{{domain}}/{{local}}")
-
-
-@pytest.fixture
-def log_lines():
-    lines: list[str] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("gmta")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def listing(path) -> list[str]:

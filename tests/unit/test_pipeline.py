@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 
@@ -287,21 +286,6 @@ def test_body_error_propagates():
     with pytest.raises(SMTPError) as e:
         delivery.body(b"", None)
     assert e.value is error
-
-
-@pytest.fixture
-def log_lines():
-    """The lines gmta logs during the test (whatever setup() other tests ran)."""
-    lines: list[str] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("gmta")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def test_abort_reaches_every_target_even_if_one_raises(log_lines):

@@ -21,6 +21,7 @@ from gevent import socket
 
 import gmta.log
 import gmta.net.tls
+from tests.unit.logcapture import captured_log
 from gmta.config.tls import TLSClientConfig, TLSProtocolSettings, TLSServerConfig
 from gmta.config.values import Endpoint
 from gmta.errors import SMTPError
@@ -183,16 +184,9 @@ def ready(session):
 
 @pytest.fixture
 def log_lines():
-    lines: list[str] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("gmta")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    """Debug level too: the driver's events of interest are debug events."""
+    with captured_log(logging.DEBUG) as lines:
+        yield lines
 
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
