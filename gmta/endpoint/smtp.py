@@ -41,12 +41,18 @@ from gmta.proto.events import NEED_DATA
 from gmta.proto.proxy import ProxyHeaderParser, ProxyProtocolError, trusted
 from gmta.proto.server import ServerConnection
 
+def default_buffer_policy(ctx) -> BufferPolicy:
+    """maddy's default: ``buffer auto 1M StateDirectory/buffer``."""
+    return BufferPolicy("auto", 1 << 20, ctx.state_path("buffer"))
+
+
 def parse_buffer(node: Node, ctx) -> BufferPolicy:
     """``buffer ram`` | ``buffer fs [DIR]`` | ``buffer auto [MAX] [DIR]``."""
     if node.children is not None:
         raise node.error("buffer does not take a block")
     args = node.args
-    default_dir = ctx.state_path("buffer")
+    default = default_buffer_policy(ctx)
+    default_dir = default.directory
     if not args:
         raise node.error("buffer: expected ram, fs [DIR] or auto [MAX] [DIR]")
     mode = args[0].lower()
@@ -55,7 +61,7 @@ def parse_buffer(node: Node, ctx) -> BufferPolicy:
     if mode == "fs" and len(args) <= 2:
         return BufferPolicy("fs", 0, ctx.state_path(args[1]) if len(args) == 2 else default_dir)
     if mode == "auto" and len(args) <= 3:
-        limit = 1 << 20
+        limit = default.memory_limit
         directory = default_dir
         if len(args) >= 2:
             try:
@@ -355,7 +361,7 @@ class EndpointSession:
 
     def _received_field(self) -> bytes:
         """RFC 5321 §4.4 trace field, in maddy's shape (maddy-behaviour §2.1)."""
-        ip = self.peer[0] if isinstance(self.peer, tuple) and self.peer else "unix"
+        ip = self._peer_ip() or "unix"
         if ":" in ip:
             ip = "IPv6:" + ip  # RFC 5321 §4.1.3 address literal
         helo = _trace_name(self.helo_name, self.smtputf8)
@@ -460,7 +466,7 @@ class SMTPEndpoint(Module):
         self.max_recipients = cfg.max_recipients
         self.max_received = cfg.max_received
         self.max_line_length = cfg.smtp_max_line_length
-        self.buffer_policy = cfg.buffer or BufferPolicy("auto", 1 << 20, ctx.state_path("buffer"))
+        self.buffer_policy = cfg.buffer or default_buffer_policy(ctx)
         self.shutdown_timeout = cfg.shutdown_timeout
         self.pipeline = Pipeline.from_values(cfg, self.node)
         self.auth = cfg.auth

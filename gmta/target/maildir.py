@@ -142,12 +142,19 @@ class MaildirTarget(Module):
     # -- blocking file work, run in the threadpool ---------------------------
 
     def write_tmp(self, maildir: str, header: bytes, body) -> str:
-        if self.create:
-            for sub in ("cur", "new", "tmp"):
-                os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
         name = unique_name()
         path = os.path.join(maildir, "tmp", name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            # A new Maildir: create it on the first message only, so the
+            # common case costs no directory checks (they showed in bench/).
+            if not self.create:
+                raise
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
+            fd = os.open(path, flags, 0o600)
         try:
             with os.fdopen(fd, "wb", buffering=1 << 16, closefd=False) as out:
                 out.write(header)
