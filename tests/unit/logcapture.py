@@ -7,12 +7,15 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def captured_log(level: int = logging.INFO):
-    """The ``key=value`` lines gmta logs at *level* or above inside the block."""
+def captured_log(level: int = logging.INFO, name: str = "gmta"):
+    """The ``key=value`` lines logger *name* logs at *level* or above inside the block.
+
+    ``logging.NOTSET`` keeps the level the logger inherits.
+    """
     lines: list[str] = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("gmta")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     saved_level = logger.level
     logger.setLevel(level)

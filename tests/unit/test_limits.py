@@ -15,6 +15,7 @@ import gevent
 import pytest
 
 import gmta.limits as limits_mod
+from tests.unit.logcapture import captured_log
 from gmta.config import module as registry
 from gmta.config.loader import load_text
 from gmta.config.module import Module
@@ -70,17 +71,8 @@ def clock():
 @pytest.fixture
 def events():
     """The key=value lines the limits module logs."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("gmta.limits")
-    handler = Collect()
-    logger.addHandler(handler)
-    yield lines
-    logger.removeHandler(handler)
+    with captured_log(logging.NOTSET, "gmta.limits") as lines:
+        yield lines
 
 
 def load_limits(body: str) -> Limits:

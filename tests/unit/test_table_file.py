@@ -12,6 +12,7 @@ import time
 import pytest
 
 import gmta.table.file as tf
+from tests.unit.logcapture import captured_log
 from gmta.config.loader import Context, load_block
 from gmta.config.parser import Parser
 from gmta.errors import ConfigError, ConfigErrors
@@ -22,20 +23,8 @@ from gmta.table.file import FileTable, parse_lines, split_lines
 @pytest.fixture
 def events():
     """The key=value lines table.file logs."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("gmta.table.file")
-    handler = Collect()
-    saved = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(saved)
+    with captured_log(logging.DEBUG, "gmta.table.file") as lines:
+        yield lines
 
 
 def inline(tmp_path, directive: str, file: str = "gmta.conf") -> tuple[FileTable, Context]:

@@ -6,7 +6,6 @@ a test hides (to check the hint for a planned module) are put back.
 
 from __future__ import annotations
 
-import datetime
 from types import SimpleNamespace
 
 import pytest
@@ -133,25 +132,15 @@ def mods():
 def pem(tmp_path_factory):
     """A directory with a real self-signed certificate and key, and bad files."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import serialization
+
+    from gmta.net.tls import self_signed_pem
 
     d = tmp_path_factory.mktemp("pem")
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.org")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    cert_pem, key_pem = self_signed_pem("mx.example.org")
+    (d / "cert.pem").write_bytes(cert_pem)
+    (d / "key.pem").write_bytes(key_pem)
+    cert = x509.load_pem_x509_certificate(cert_pem)
     (d / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
     (d / "junk.pem").write_text("this is not PEM\n")
     return d
