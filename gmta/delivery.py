@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from gmta.errors import SMTPError
+
 if TYPE_CHECKING:  # pragma: no cover
     from gmta.buffer import Buffer
 
@@ -33,6 +35,38 @@ class MessageMeta:
     original_rcpts: dict = field(default_factory=dict)
 
 
+class PartialDeliveryError(SMTPError):
+    """The outcome of ``body()`` or ``commit()`` differs between recipients.
+
+    Targets that learn one result per recipient (LMTP, a queue retrying a
+    message) raise this instead of a single ``SMTPError``. ``results`` maps
+    every recipient of the delivery to ``None`` (delivered: never send it
+    again, DESIGN §4.4) or the ``SMTPError`` it got. The exception's own
+    code is the one a caller that can only give a single answer should use:
+    temporary when any recipient failed temporarily (a retry then skips the
+    delivered ones), else permanent.
+    """
+
+    def __init__(self, results: dict[str, SMTPError | None]):
+        failures = [error for error in results.values() if error is not None]
+        if not failures:
+            raise ValueError("PartialDeliveryError needs at least one failed recipient")
+        summary = next((e for e in failures if e.temporary), failures[0])
+        delivered = len(results) - len(failures)
+        super().__init__(summary.code, summary.enhanced,
+                         f"{summary.text} ({len(failures)} of {len(results)} recipients failed,"
+                         f" {delivered} delivered)")
+        self.results = dict(results)
+
+    @property
+    def delivered(self) -> list[str]:
+        return [rcpt for rcpt, error in self.results.items() if error is None]
+
+    @property
+    def failed(self) -> dict[str, SMTPError]:
+        return {rcpt: error for rcpt, error in self.results.items() if error is not None}
+
+
 class Delivery(Protocol):
     def add_rcpt(self, rcpt: str, params: dict | None = None) -> None:
         """Accept *rcpt* for this message or raise SMTPError."""
@@ -40,7 +74,9 @@ class Delivery(Protocol):
     def body(self, header: bytes, body: "Buffer") -> None:
         """Take the message: *header* (up to and including the empty line) and the body.
 
-        ``body.open()`` may be called as often as the target needs.
+        ``body.open()`` may be called as often as the target needs. Raises
+        ``SMTPError`` for all recipients, or ``PartialDeliveryError`` when the
+        result differs per recipient.
         """
 
     def commit(self) -> None:
