@@ -1,4 +1,4 @@
-"""``in_threadpool`` and ``fsync_dir``: blocking file work off the gevent hub."""
+"""``in_threadpool``, ``fsync_dir`` and group directory syncs: blocking file work off the hub."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import gevent
 import pytest
 
-from gmta.durable import fsync_dir, in_threadpool
+from gmta.durable import DirectorySync, DirectorySyncs, fsync_dir, in_threadpool
 
 
 def test_returns_the_value_computed_in_another_thread():
@@ -101,3 +101,85 @@ def test_fsync_dir_refuses_a_file_and_a_missing_path(tmp_path):
 
 def test_fsync_dir_in_the_threadpool(tmp_path):
     assert in_threadpool(fsync_dir, str(tmp_path)) is None
+
+
+class SlowFsync:
+    """A real fsync that takes at least *delay* seconds, recording when each began."""
+
+    def __init__(self, monkeypatch, delay=0.05, fail=None):
+        self.started = []   # sequence numbers of the events log at which each fsync began
+        self.events = []
+        self.delay = delay
+        self.fail = fail
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            self.started.append(len(self.events))
+            self.events.append("fsync-start")
+            threading.Event().wait(self.delay)
+            if self.fail is not None:
+                raise self.fail
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_concurrent_syncs_share_fsyncs_and_each_waits_for_one_that_started_after_it(
+        tmp_path, monkeypatch):
+    slow = SlowFsync(monkeypatch)
+    syncer = DirectorySync(str(tmp_path))
+    covered = []
+
+    def commit(n):
+        slow.events.append(("call", n))
+        called_at = len(slow.events)
+        syncer.sync()
+        # Some fsync began after this greenlet asked for one.
+        covered.append(any(start >= called_at for start in slow.started))
+
+    greenlets = [gevent.spawn(commit, n) for n in range(20)]
+    gevent.sleep(0.01)
+    greenlets += [gevent.spawn(commit, n) for n in range(20, 30)]
+    gevent.joinall(greenlets, timeout=10, raise_error=True)
+    assert covered == [True] * 30
+    # 30 commits in two waves: the first starts a sync, everyone else joins
+    # the next one (or the one after); never one fsync each.
+    assert 2 <= len(slow.started) <= 4
+    assert syncer.waiters == 0
+
+
+def test_an_idle_sync_runs_at_once(tmp_path, monkeypatch):
+    slow = SlowFsync(monkeypatch, delay=0)
+    syncer = DirectorySync(str(tmp_path))
+    syncer.sync()
+    syncer.sync()
+    assert len(slow.started) == 2
+
+
+def test_a_failed_fsync_fails_every_commit_waiting_on_it(tmp_path, monkeypatch):
+    SlowFsync(monkeypatch, fail=OSError(errno.EIO, "I/O error"))
+    syncer = DirectorySync(str(tmp_path))
+    results = []
+
+    def commit():
+        try:
+            syncer.sync()
+            results.append("ok")
+        except OSError as e:
+            results.append(e.errno)
+
+    gevent.joinall([gevent.spawn(commit) for _ in range(5)], timeout=10)
+    assert results == [errno.EIO] * 5
+
+
+def test_directory_syncs_keep_only_directories_being_synced(tmp_path, monkeypatch):
+    slow = SlowFsync(monkeypatch, delay=0.02)
+    syncs = DirectorySyncs()
+    dirs = []
+    for n in range(3):
+        (tmp_path / str(n)).mkdir()
+        dirs.append(str(tmp_path / str(n)))
+    gevent.joinall([gevent.spawn(syncs.sync, d) for d in dirs * 4], timeout=10,
+                   raise_error=True)
+    assert syncs._syncs == {}
+    assert 3 <= len(slow.started) <= 6
