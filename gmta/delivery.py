@@ -35,6 +35,22 @@ class MessageMeta:
     original_rcpts: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ClientCredentials:
+    """What a client authenticated with, kept in ``MessageMeta.conn["auth_credentials"]``
+    for target.smtp's ``auth forward``.
+
+    The password never appears in a repr or str (logs are data, DESIGN §4.7), and
+    this object is not to be persisted (a queue stores the rest of ``conn``).
+    """
+
+    username: str
+    password: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"<credentials of {self.username}>"
+
+
 class PartialDeliveryError(SMTPError):
     """The outcome of ``body()`` or ``commit()`` differs between recipients.
 

@@ -41,8 +41,8 @@ DEFAULT_RUNTIME_DIR = "/run/gmta"
 # Modules DESIGN §1.2 promises that are not in this build yet; naming them
 # gives a clearer error than "unknown module".
 PLANNED_MODULES = frozenset({
-    "smtp", "submission", "lmtp", "target.queue", "target.remote", "target.smtp",
-    "target.lmtp", "target.maildir", "table.file", "table.static", "table.regexp",
+    "smtp", "submission", "lmtp", "target.queue", "target.remote",
+    "target.maildir", "table.file", "table.static", "table.regexp",
     "table.chain", "table.identity", "modify.replace_rcpt", "modify.replace_sender",
     "modify.dkim", "auth.pass_table", "limits", "mx_auth", "mx_auth.mtasts",
     "mx_auth.sts_preload", "mx_auth.dnssec", "mx_auth.dane", "mx_auth.local_policy",

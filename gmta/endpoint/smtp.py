@@ -28,7 +28,7 @@ from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Int, 
                                 Strings, read_block)
 from gmta.config.tls import TLSServerConfig, parse_server_tls
 from gmta.config.values import parse_endpoint, parse_size
-from gmta.delivery import MessageMeta
+from gmta.delivery import ClientCredentials, MessageMeta
 from gmta.endpoint.submission_header import check_and_complete
 from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.errors import SMTPError
@@ -160,6 +160,7 @@ class EndpointSession:
         self.header_done = False
         self.committed = False
         self.auth_user: str | None = None
+        self.auth_credentials: ClientCredentials | None = None
         self.logged_rcpt_errors = 0
         self.lease: Lease | None = None
         self.sender_stage_done = False
@@ -195,6 +196,7 @@ class EndpointSession:
                                                session=self.session_id):
             raise AUTH_INVALID
         self.auth_user = username
+        self.auth_credentials = ClientCredentials(username, event.password)
         self.log.info("authenticated", session=self.session_id, username=username,
                       mechanism=event.mechanism)
 
@@ -207,6 +209,9 @@ class EndpointSession:
                          "ret": event.ret and str(event.ret), "envid": event.envid},
             conn={"peer": _peer_text(self.peer), "helo": self.helo_name, "tls": self.tls,
                   "proto": self._protocol_name(event.smtputf8)})
+        if self.auth_credentials is not None:
+            # For target.smtp's "auth forward"; its repr hides the password.
+            self.meta.conn["auth_credentials"] = self.auth_credentials
         # Routing and delivery see one spelling of each address: U-label
         # domains, lower case, NFC (maddy-behaviour §2.1).
         self.mail_from = normalize_address(event.address, sender=True) if event.address else ""

@@ -95,6 +95,59 @@ class DataDecoder:
             raise LineTooLong()
 
 
+class DataEncoder:
+    """Turns message content into the bytes a client sends after DATA (or in BDAT).
+
+    RFC 5321 §2.3.8 allows only CRLF line ends on the wire, so a bare LF becomes
+    CRLF (a lone CR is content and passes, as go-smtp's DotWriter does).
+    With ``dot_stuffing`` (DATA, RFC 5321 §4.5.2) a line starting with "." gets a
+    second one; BDAT (RFC 3030 §2) sends the content as it is. Works a piece at a
+    time: a CR at the end of a piece is held until the next one shows whether an
+    LF follows.
+    """
+
+    def __init__(self, *, dot_stuffing: bool = True):
+        self.dot_stuffing = dot_stuffing
+        self._at_line_start = True
+        self._held_cr = False
+        self.finished = False
+
+    def encode(self, content: bytes) -> bytes:
+        if self.finished:
+            raise ValueError("encode() after finish()")
+        if self._held_cr:
+            content = b"\r" + content
+            self._held_cr = False
+        if content.endswith(b"\r"):
+            content = content[:-1]
+            self._held_cr = True
+        if not content:
+            return b""
+        # CRLF -> LF -> CRLF turns bare LFs into CRLFs and leaves lone CRs alone.
+        wire = content.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if self.dot_stuffing:
+            if self._at_line_start and wire.startswith(b"."):
+                wire = b"." + wire
+            wire = wire.replace(b"\r\n.", b"\r\n..")
+        self._at_line_start = wire.endswith(b"\r\n")
+        return wire
+
+    def finish(self) -> bytes:
+        """The rest: a held CR, a CRLF if the content did not end a line, and the end
+        marker ".CRLF" when dot-stuffing (RFC 5321 §4.1.1.4)."""
+        self.finished = True
+        tail = b""
+        if self._held_cr:
+            # A CR that ends the content is not a line end; CRLF then ends the line.
+            tail = b"\r"
+            self._at_line_start = False
+        if not self._at_line_start:
+            tail += b"\r\n"
+        if self.dot_stuffing:
+            tail += _END_OF_DATA
+        return tail
+
+
 # The header ends at the first empty line; bare LFs count as line ends here so a
 # message written with bare LFs is not taken for one huge header.
 _EMPTY_LINE = re.compile(rb"\n\r?\n")

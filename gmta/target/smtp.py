@@ -1,0 +1,451 @@
+"""``target.smtp`` and ``target.lmtp``: transparent forwarding to one SMTP or LMTP server.
+
+Spec: target-smtp-lmtp.md; maddy-behaviour §2.6 (seed 003 semantics, DESIGN §1.3).
+One new connection per message, as maddy: the session is opened and MAIL sent
+when the delivery starts, each RCPT is relayed when the recipient is added (so
+the downstream's answer for that recipient reaches the upstream client), the
+content goes at ``body()``, and ``commit()`` says QUIT.
+
+The addresses in ``targets`` are tried in order; the next one is tried only
+when a connection cannot be set up (connect, greeting, EHLO, TLS), never on a
+MAIL or RCPT refusal. Downstream replies pass through with their own code,
+enhanced code and text, except that a 552 to RCPT becomes 452 (RFC 5321
+§4.5.3.1.10: "too many recipients" was once sent as 552 and must be treated as
+temporary). A 552 to the content stays permanent (maddy #800 is the bug of
+rewriting it too). LMTP gives one result per recipient (RFC 2033 §4.2); when they
+differ, ``body()`` raises ``PartialDeliveryError``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+from collections.abc import Iterator
+
+import gmta.log
+from gmta.buffer import Buffer
+from gmta.config.module import Module, register
+from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Endpoints, ModuleRef
+from gmta.config.tls import TLSClientConfig, parse_client_tls
+from gmta.config.values import Endpoint, parse_endpoint
+from gmta.delivery import MessageMeta, PartialDeliveryError
+from gmta.errors import SMTPError
+from gmta.limits import UNLIMITED, Lease, domain_of
+from gmta.net import client as smtp_client
+from gmta.net.client import ConnectionFailed, SMTPClient
+from gmta.net.tls import client_context
+from gmta.proto.grammar import address_to_ascii, domain_to_ascii, xtext_encode
+
+#: Message content read from the buffer per write.
+PIECE_SIZE = 64 * 1024
+
+AUTH_REQUIRED = SMTPError(530, (5, 7, 0), "Authentication is required")
+TLS_UNAVAILABLE = (4, 7, 10)   # RFC 5248: X.7.10 "Encryption needed"
+
+
+def parse_auth(node, ctx) -> tuple[str, str, str]:
+    """``off``, ``plain USER PASS``, ``login USER PASS``, ``forward`` or ``external``."""
+    if node.children is not None:
+        raise ValueError("auth does not take a block")
+    if not node.args:
+        raise ValueError("expected off, plain USER PASS, forward or external")
+    mode = node.args[0].lower()
+    if mode in ("off", "forward", "external"):
+        if len(node.args) != 1:
+            raise ValueError(f"auth {mode} takes no further arguments")
+        return mode, "", ""
+    if mode in ("plain", "login"):
+        if len(node.args) != 3:
+            raise ValueError(f"auth {mode}: expected a username and a password")
+        return mode, node.args[1], node.args[2]
+    raise ValueError(f"unknown method {node.args[0]!r}: expected off, plain, forward or external")
+
+
+def _is_8bit(header: bytes, body: Buffer) -> bool:
+    if max(header, default=0) > 127:
+        return True
+    with body.open() as stream:
+        while piece := stream.read(1 << 16):
+            if not piece.isascii():
+                return True
+    return False
+
+
+def _pieces(header: bytes, body: Buffer) -> Iterator[bytes]:
+    yield header
+    with body.open() as stream:
+        while piece := stream.read(PIECE_SIZE):
+            yield piece
+
+
+def _peer_ip(peer: str) -> str | None:
+    """The IP of the endpoint's ``host:port`` / ``[v6]:port`` peer text (limits' ip scope)."""
+    host, colon, _ = peer.rpartition(":")
+    if not colon:
+        return None
+    return host.strip("[]") or None
+
+
+def _temporary_552(error: SMTPError) -> SMTPError:
+    """RFC 5321 §4.5.3.1.10: a 552 to RCPT means "too many recipients", i.e. 452."""
+    if error.code != 552:
+        return error
+    return SMTPError(452, (4, *error.enhanced[1:]), error.text)
+
+
+class ForwardDelivery:
+    def __init__(self, target: "SMTPTarget", meta: MessageMeta, mail_from: str):
+        self.target = target
+        self.meta = meta
+        self.mail_from = mail_from
+        self.session_id = secrets.token_hex(6)
+        self.client: SMTPClient | None = None
+        self.leases: list[Lease] = []
+        self.destinations: set[str] = set()
+        #: The address as the downstream knows it -> as our caller gave it.
+        self.rcpts: dict[str, str] = {}
+        self.smtputf8 = False
+        self.declared_8bit = False
+        self.done = False
+
+    @property
+    def log(self) -> gmta.log.EventLogger:
+        return self.target.log
+
+    # --- The Delivery interface. ----------------------------------------------------
+
+    def start(self) -> None:
+        target = self.target
+        peer_ip = _peer_ip(self.meta.conn.get("peer", ""))
+        self.leases.append(target.limits.take(ip=peer_ip, source=domain_of(self.mail_from)))
+        try:
+            self.client = target.open_session(self.meta, self.session_id)
+            self._mail()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _mail(self) -> None:
+        client = self.client
+        params: dict[str, str | None] = {}
+        mail_params = self.meta.mail_params
+        wants_utf8 = bool(mail_params.get("smtputf8")) or not self.mail_from.isascii()
+        # RFC 6531 §3.4: SMTPUTF8 goes on to a server that has it; otherwise the
+        # addresses are converted to A-label domains, and a non-ASCII local part
+        # cannot be (553 5.6.7), as maddy does (maddy-behaviour §2.5).
+        self.smtputf8 = wants_utf8 and client.supports("SMTPUTF8")
+        if self.smtputf8:
+            params["SMTPUTF8"] = None
+        body_type = (mail_params.get("body") or "").upper()
+        self.declared_8bit = body_type in ("8BITMIME", "BINARYMIME")
+        if self.declared_8bit and client.supports("8BITMIME"):
+            params["BODY"] = "8BITMIME"   # RFC 6152 §2 (BINARYMIME travels as 8BITMIME)
+        size = mail_params.get("size")
+        if size and client.supports("SIZE"):
+            params["SIZE"] = str(size)   # RFC 1870 §6
+        if mail_params.get("requiretls"):
+            self._requiretls(params)
+        if client.supports("DSN"):
+            # RFC 3461 §4: the DSN parameters go on to a server that understands them.
+            if mail_params.get("ret"):
+                params["RET"] = str(mail_params["ret"])
+            if mail_params.get("envid"):
+                params["ENVID"] = xtext_encode(mail_params["envid"])
+        sender = self._address(self.mail_from, sender=True)
+        try:
+            client.mail(sender, params)
+        except SMTPError as error:
+            self.log.info("mail_refused", msg_id=self.meta.id, session=self.session_id,
+                          target=client.peer, reply=str(error))
+            raise
+
+    def _requiretls(self, params: dict) -> None:
+        """RFC 8689 §4.2.1: relay a REQUIRETLS message only over TLS to a server that
+        offers REQUIRETLS. LMTP is final delivery (§4.2.2 covers the MDA), so there
+        the flag is only passed on where it is understood."""
+        client = self.client
+        if client.tls is not None and client.supports("REQUIRETLS"):
+            params["REQUIRETLS"] = None
+        elif not self.target.lmtp:
+            raise SMTPError(550, (5, 7, 30), "REQUIRETLS needed but the downstream server "
+                                             "does not offer it over TLS")
+
+    def _address(self, address: str, *, sender: bool = False) -> str:
+        if self.smtputf8 or address.isascii() or not address:
+            return address
+        try:
+            return address_to_ascii(address)
+        except SMTPError as error:
+            code = 550 if sender else 553
+            raise SMTPError(code, (5, 6, 7), f"SMTPUTF8 is unsupported by the downstream "
+                                             f"server: {error.text}") from None
+
+    def add_rcpt(self, rcpt: str, params: dict | None = None) -> None:
+        if self.client is None or not self.client.usable:
+            raise SMTPError(451, (4, 4, 2), "Connection to the downstream server was lost")
+        params = params or {}
+        downstream = self._address(rcpt)
+        rcpt_params: dict[str, str | None] = {}
+        if self.client.supports("DSN"):
+            if params.get("notify"):
+                rcpt_params["NOTIFY"] = ",".join(params["notify"])
+            if params.get("orcpt"):
+                addr_type, original = params["orcpt"]
+                rcpt_params["ORCPT"] = f"{addr_type};{xtext_encode(original)}"
+        domain = domain_of(rcpt)
+        if domain not in self.destinations and self.target.limits.has_scope("destination"):
+            self.leases.append(self.target.limits.take_destination(domain))
+            self.destinations.add(domain)
+        try:
+            self.client.rcpt(downstream, rcpt_params)
+        except SMTPError as error:
+            error = _temporary_552(error)
+            self.log.info("rcpt_refused", msg_id=self.meta.id, session=self.session_id,
+                          target=self.client.peer, rcpt=rcpt, reply=str(error))
+            raise error from None
+        self.rcpts[downstream] = rcpt
+
+    def body(self, header: bytes, body: Buffer) -> None:
+        client = self.client
+        if client is None or not client.usable:
+            raise SMTPError(451, (4, 4, 2), "Connection to the downstream server was lost")
+        if not self.rcpts:
+            raise SMTPError(554, (5, 5, 1), "No valid recipients")
+        # RFC 6152 §3: 8-bit content to a server without 8BITMIME must be converted
+        # or returned; gmta does not convert (RFC 3463 X.6.3: conversion required
+        # but not supported).
+        if self.declared_8bit and not client.supports("8BITMIME") and _is_8bit(header, body):
+            raise SMTPError(554, (5, 6, 3), "8-bit content, but the downstream server does "
+                                            "not support 8BITMIME")
+        limit = client.machine.max_message_size
+        size = len(header) + body.size
+        if limit is not None and size > limit:
+            raise SMTPError(552, (5, 3, 4), f"Message too big for the downstream server "
+                                            f"({size} > {limit} bytes)")
+        try:
+            responses = client.send_content(_pieces(header, body))
+        except SMTPError as error:
+            self.log.info("message_refused", msg_id=self.meta.id, session=self.session_id,
+                          target=client.peer, reply=str(error))
+            raise
+        if not self.target.lmtp:
+            [response] = responses
+            if not response.ok:
+                error = smtp_client.reply_error(response.reply)
+                self.log.info("message_refused", msg_id=self.meta.id, session=self.session_id,
+                              target=client.peer, reply=str(error))
+                raise error
+            self.log.info("delivered", msg_id=self.meta.id, session=self.session_id,
+                          target=client.peer, rcpts=len(self.rcpts), reply=str(response.reply))
+            return
+        self._lmtp_results(responses)
+
+    def _lmtp_results(self, responses) -> None:
+        """RFC 2033 §4.2: one reply per accepted recipient, in RCPT order.
+
+        A recipient without a reply (the connection broke) failed temporarily.
+        """
+        lost = SMTPError(451, (4, 4, 2), "Connection lost before the server answered")
+        results: dict[str, SMTPError | None] = {rcpt: lost for rcpt in self.rcpts.values()}
+        for response in responses:
+            rcpt = self.rcpts.get(response.command.recipient, response.command.recipient)
+            results[rcpt] = None if response.ok else smtp_client.reply_error(response.reply)
+        for rcpt, error in results.items():
+            if error is None:
+                self.log.info("delivered", msg_id=self.meta.id, session=self.session_id,
+                              target=self.client.peer if self.client else "", rcpt=rcpt)
+            else:
+                self.log.info("rcpt_failed", msg_id=self.meta.id, session=self.session_id,
+                              rcpt=rcpt, reply=str(error))
+        errors = set(results.values())
+        if errors == {None}:
+            return
+        if len(errors) == 1:
+            raise errors.pop()   # every recipient failed the same way
+        raise PartialDeliveryError(results)
+
+    def commit(self) -> None:
+        self._finish()
+
+    def abort(self) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        client, self.client = self.client, None
+        try:
+            if client is not None:
+                client.quit()
+        finally:
+            for lease in self.leases:
+                lease.release()
+            self.leases = []
+
+
+@register
+class SMTPTarget(Module):
+    """``target.smtp``: forwarding to a smarthost over SMTP."""
+
+    name = "target.smtp"
+    legacy_names = ("smtp_downstream",)
+    kinds = frozenset({"target"})
+    max_inline_args = 64
+    lmtp = False
+    directives = (
+        Directive("targets", Endpoints(), doc="downstream servers, tried in order"),
+        Directive("target", Endpoints(), doc="the old name of targets (maddy seed 000)"),
+        Directive("attempt_starttls", Bool(), doc="use STARTTLS when offered"),
+        Directive("starttls", Bool(), doc="maddy HEAD: STARTTLS required (yes) or never (no)"),
+        Directive("require_tls", Bool(), False, doc="never send over plaintext"),
+        Directive("auth", Custom(parse_auth, "off | plain USER PASS | forward | external"),
+                  ("off", "", ""), doc="how to authenticate to the downstream"),
+        Directive("tls_client", Custom(parse_client_tls, "{ ... }"), inherit_global=True,
+                  doc="client TLS settings"),
+        Directive("hostname", Domain(), required=True, inherit_global=True,
+                  doc="name to give in EHLO/LHLO"),
+        Directive("connect_timeout", Duration(), 300.0, doc="TCP connect timeout"),
+        Directive("command_timeout", Duration(), 300.0, doc="timeout of each command"),
+        Directive("submission_timeout", Duration(), 720.0,
+                  doc="timeout of the reply after the message content"),
+        Directive("debug", Bool(), False, inherit_global=True, doc="log the SMTP dialogue"),
+        Directive("limits", ModuleRef("limits", block_module="limits"),
+                  doc="rate and concurrency limits (all, ip, source, destination)"),
+    )
+
+    def configure(self, cfg, ctx) -> None:
+        if cfg.given("targets") and cfg.given("target"):
+            raise cfg.error("target", "give either targets or target, not both")
+        targets = list(cfg.targets or cfg.target or [])
+        try:
+            targets += [parse_endpoint(a, ctx.runtime_dir) for a in self.inline_args]
+        except ValueError as e:
+            raise self.node.error(f"{self.name}: {e}") from None
+        if not targets:
+            raise self.node.error("missing required directive: targets",
+                                  hint="such as 'targets tcp://127.0.0.1:2525'")
+        self.targets: list[Endpoint] = targets
+        if cfg.given("starttls") and cfg.given("attempt_starttls"):
+            raise cfg.error("starttls", "give either starttls or attempt_starttls, not both")
+        self.require_tls = cfg.require_tls
+        if cfg.given("starttls"):
+            # maddy HEAD's starttls: yes means STARTTLS is mandatory, no fallback.
+            self.attempt_starttls = cfg.starttls
+            self.require_tls = self.require_tls or cfg.starttls
+        elif cfg.attempt_starttls is not None:
+            self.attempt_starttls = cfg.attempt_starttls
+        else:
+            self.attempt_starttls = not self.lmtp
+        if self.require_tls and any(t.is_unix for t in targets):
+            raise self.node.error("require_tls cannot be met by unix:// targets",
+                                  hint="a unix socket is local: drop require_tls, or use tcp://")
+        self.auth_mode, self.auth_username, self.auth_password = cfg.auth
+        self.tls_config: TLSClientConfig | None = cfg.tls_client
+        if self.auth_mode == "external" and (self.tls_config is None or not self.tls_config.cert):
+            raise cfg.error("auth", "auth external needs a client certificate",
+                            hint="tls_client { cert PATH; key PATH }")
+        try:
+            self.hostname = domain_to_ascii(cfg.hostname.rstrip("."))
+        except SMTPError:
+            raise cfg.error("hostname", f"hostname {cfg.hostname} has no ASCII form") from None
+        self.connect_timeout = cfg.connect_timeout
+        self.command_timeout = cfg.command_timeout
+        self.submission_timeout = cfg.submission_timeout
+        self.debug = cfg.debug
+        self.log = gmta.log.get(self.name, debug=cfg.debug)
+        self.limits = cfg.limits or UNLIMITED
+        self._tls_context: ssl.SSLContext | None = None
+
+    @property
+    def tls_context(self) -> ssl.SSLContext:
+        # Built on first use, so check-config does not need the certificate files
+        # to be loadable by OpenSSL (they were checked to be PEM at load time).
+        if self._tls_context is None:
+            self._tls_context = client_context(self.tls_config)
+        return self._tls_context
+
+    def start_delivery(self, meta: MessageMeta, mail_from: str) -> ForwardDelivery:
+        delivery = ForwardDelivery(self, meta, mail_from)
+        delivery.start()
+        return delivery
+
+    # --- Sessions. ------------------------------------------------------------------
+
+    def open_session(self, meta: MessageMeta, session_id: str) -> SMTPClient:
+        """A greeted, TLS-protected (as configured) and authenticated session with the
+        first target that works; raises the last target's error otherwise."""
+        last_error: SMTPError | None = None
+        for address in self.targets:
+            try:
+                client = self._connect(address, session_id, starttls=self.attempt_starttls)
+            except ConnectionFailed as error:
+                self.log.info("target_failed", msg_id=meta.id, session=session_id,
+                              target=str(address), stage=error.stage, reply=str(error))
+                last_error = error
+                continue
+            try:
+                self._authenticate(client, meta)
+            except BaseException:
+                client.quit()
+                raise
+            self.log.debug("connected", msg_id=meta.id, session=session_id, target=str(address),
+                           tls=client.tls.version if client.tls else "none",
+                           tls_verified=bool(client.tls and client.tls.verified))
+            return client
+        raise last_error
+
+    def _connect(self, address: Endpoint, session_id: str, *, starttls: bool) -> SMTPClient:
+        server_hostname = None if address.is_unix else address.host
+        client = smtp_client.connect(
+            address, lmtp=self.lmtp, connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout, submission_timeout=self.submission_timeout,
+            implicit_tls=self.tls_context if address.tls else None,
+            server_hostname=server_hostname, debug=self.debug, session_id=session_id,
+            logger=self.log)
+        try:
+            client.hello(self.hostname)
+            if client.tls is None and starttls and not address.is_unix \
+                    and client.supports("STARTTLS"):
+                try:
+                    client.starttls(self.tls_context, server_hostname, self.hostname)
+                except ConnectionFailed as error:
+                    if self.require_tls or error.stage not in ("tls", "starttls"):
+                        raise
+                    # Seed 003: a failed handshake is retried in plaintext unless
+                    # require_tls; the old connection is unusable after a failed
+                    # handshake, so this is a new one.
+                    self.log.info("starttls_failed", session=session_id, target=str(address),
+                                  reply=str(error), fallback="plaintext")
+                    client.close()
+                    return self._connect(address, session_id, starttls=False)
+            if self.require_tls and client.tls is None:
+                raise ConnectionFailed("tls", 451, TLS_UNAVAILABLE,
+                                       f"TLS is required but unsupported by {client.peer}")
+        except BaseException:
+            client.quit()
+            raise
+        return client
+
+    def _authenticate(self, client: SMTPClient, meta: MessageMeta) -> None:
+        mode = self.auth_mode
+        if mode == "off":
+            return
+        if mode == "external":
+            client.auth("EXTERNAL")
+        elif mode == "forward":
+            credentials = meta.conn.get("auth_credentials")
+            if credentials is None:
+                raise AUTH_REQUIRED
+            client.auth("PLAIN", credentials.username, credentials.password)
+        else:
+            client.auth(mode.upper(), self.auth_username, self.auth_password)
+
+
+@register
+class LMTPTarget(SMTPTarget):
+    """``target.lmtp``: delivery to a mailbox server (Dovecot) over LMTP."""
+
+    name = "target.lmtp"
+    legacy_names = ()
+    lmtp = True

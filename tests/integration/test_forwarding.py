@@ -1,0 +1,379 @@
+"""target.smtp and target.lmtp against real peers (maddy-behaviour §3.6 T1–T6).
+
+Smarthost: Postfix's smtp-sink, and gmta's own smtp/submission endpoints where the
+downstream must do STARTTLS or AUTH. Mailbox server: a private Dovecot LMTP.
+Everything runs the real ``gmta run``, except the per-recipient LMTP checks, which
+drive the configured target in this process (the endpoints in front of it answer
+for the whole message today).
+"""
+
+# The peers' fixtures are imported, then named as test parameters: that is how pytest
+# uses fixtures from another module, not a redefinition.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+
+import pytest
+
+import gmta.modules  # noqa: F401  (fills the module registry for load_block)
+from gmta.config.loader import load_block
+from gmta.buffer import MemoryBuffer
+from gmta.delivery import MessageMeta, PartialDeliveryError
+from gmta.errors import SMTPError
+from tests.integration.conftest import GMTA, base_config, maildir_messages
+from tests.integration.peers import ca, dovecot_lmtp, free_port, smtp_sink  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct horse battery staple"
+MESSAGE = b"From: a@example.org\r\nTo: b@example.test\r\nSubject: forwarded\r\n\r\nHello.\r\n"
+
+
+def send(port: int, rcpts: list[str], message: bytes = MESSAGE, sender: str = "a@example.org"):
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail(sender, rcpts, message)
+
+
+def gmta_with_target(start_gmta, state_dir, target_block: str, extra: str = "tls off"):
+    return start_gmta(base_config(state_dir, extra) + f"""
+smtp tcp://127.0.0.1:0 {{
+    deliver_to {target_block}
+}}
+""")
+
+
+# --- T1, T2: targets tried in order. -------------------------------------------------
+
+def test_t1_first_target_up_second_never_contacted(start_gmta, state_dir, smtp_sink):
+    first, second = smtp_sink(), smtp_sink()
+    gmta = gmta_with_target(start_gmta, state_dir,
+                            f"target.smtp {{\n targets {first.address} {second.address}\n}}")
+    assert send(gmta.port(), ["b@example.test", "c@example.test"]) == {}
+    [dumped] = first.wait_for_messages(1)
+    assert dumped["X-Mail-Args"] == "<a@example.org>"
+    assert dumped.get_all("X-Rcpt-Args") == ["<b@example.test>", "<c@example.test>"]
+    assert dumped["Subject"] == "forwarded"
+    assert second.messages() == []
+
+
+def test_t2_first_target_down_second_gets_the_message(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink()
+    down = f"tcp://127.0.0.1:{free_port()}"
+    # The old directive name from maddy's seed 000 still works.
+    gmta = gmta_with_target(start_gmta, state_dir,
+                            f"smtp_downstream {{\n target {down} {sink.address}\n}}")
+    assert send(gmta.port(), ["b@example.test"]) == {}
+    assert len(sink.wait_for_messages(1)) == 1
+    gmta.wait_for(r"event=target_failed .*stage=connect")
+
+
+def test_all_targets_down_is_a_temporary_failure(start_gmta, state_dir):
+    gmta = gmta_with_target(start_gmta, state_dir,
+                            f"smtp tcp://127.0.0.1:{free_port()} tcp://127.0.0.1:{free_port()}")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(gmta.port(), ["b@example.test"])
+    code, text = refused.value.recipients["b@example.test"]
+    assert code == 451 and text.startswith(b"4.4.1 Connection to")
+
+
+# --- T3: downstream replies pass through. ---------------------------------------------
+
+def test_t3_mail_refusal_passes_through_unchanged(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink("-f", "MAIL", "-B", "550 5.1.2 Hey")
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(gmta.port(), ["b@example.test"])
+    assert refused.value.recipients["b@example.test"] == (550, b"5.1.2 Hey")
+
+
+def test_552_at_rcpt_becomes_temporary(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink("-f", "RCPT", "-B", "552 5.5.3 Too many recipients")
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(gmta.port(), ["b@example.test"])
+    assert refused.value.recipients["b@example.test"] == (452, b"4.5.3 Too many recipients")
+
+
+def test_552_at_data_stays_permanent(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink("-f", ".", "-B", "552 5.3.4 Message too big for me")
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(gmta.port(), ["b@example.test"])
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (
+        552, b"5.3.4 Message too big for me")
+
+
+def test_temporary_rcpt_refusal_for_one_recipient(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink("-r", "RCPT", "-b", "450 4.2.1 Try later")
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(gmta.port(), ["b@example.test"])
+    assert refused.value.recipients["b@example.test"] == (450, b"4.2.1 Try later")
+
+
+# --- T4: TLS. ---------------------------------------------------------------------------
+
+@pytest.fixture
+def tls_downstream(start_gmta, state_dir, tmp_path, ca):
+    """A gmta smtp endpoint with a CA-issued certificate, delivering into Maildirs."""
+    cert, key = ca.issue("downstream.test")
+    downstream_state = tmp_path / "downstream"
+    downstream_state.mkdir()
+
+    def start(extra_listener: str = ""):
+        return start_gmta(base_config(downstream_state, f"tls file {cert} {key}") + f"""
+smtp tcp://127.0.0.1:0 {extra_listener} {{
+    deliver_to target.maildir {{
+        path maildir/{{domain}}/{{local}}
+    }}
+}}
+""", listeners=2 if extra_listener else 1)
+    start.state_dir = downstream_state
+    return start
+
+
+def test_t4_starttls_to_the_downstream(start_gmta, state_dir, tls_downstream, ca):
+    downstream = tls_downstream()
+    gmta = gmta_with_target(start_gmta, state_dir, f"""target.smtp {{
+    targets tcp://127.0.0.1:{downstream.port()}
+    require_tls yes
+    tls_client {{
+        root_ca {ca.cert_path}
+    }}
+}}""")
+    assert send(gmta.port(), ["b@example.test"]) == {}
+    [stored] = maildir_messages(tls_downstream.state_dir, "b@example.test")
+    assert b"with ESMTPS" in stored and b"Subject: forwarded" in stored
+
+
+def test_t4_implicit_tls_target(start_gmta, state_dir, tls_downstream, ca):
+    downstream = tls_downstream("tls://127.0.0.1:0")
+    tls_port = downstream.port("tls://127.0.0.1")
+    gmta = gmta_with_target(start_gmta, state_dir, f"""target.smtp {{
+    targets tls://127.0.0.1:{tls_port}
+    tls_client {{
+        root_ca {ca.cert_path}
+    }}
+}}""")
+    assert send(gmta.port(), ["b@example.test"]) == {}
+    [stored] = maildir_messages(tls_downstream.state_dir, "b@example.test")
+    assert b"with ESMTPS" in stored
+
+
+def test_t4_require_tls_without_starttls_fails(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink()
+    gmta = gmta_with_target(start_gmta, state_dir,
+                            f"target.smtp {{\n targets {sink.address}\n require_tls yes\n}}")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(gmta.port(), ["b@example.test"])
+    code, text = refused.value.recipients["b@example.test"]
+    assert code == 451 and text.startswith(b"4.7.10 TLS is required but unsupported")
+    assert sink.messages() == []
+
+
+def test_untrusted_certificate_falls_back_to_plaintext(start_gmta, state_dir, tls_downstream):
+    downstream = tls_downstream()
+    # No root_ca: the test CA is not trusted, so the handshake fails and seed 003
+    # says to go on in plaintext (attempt_starttls without require_tls).
+    gmta = gmta_with_target(start_gmta, state_dir,
+                            f"target.smtp {{\n targets tcp://127.0.0.1:{downstream.port()}\n}}")
+    assert send(gmta.port(), ["b@example.test"]) == {}
+    [stored] = maildir_messages(tls_downstream.state_dir, "b@example.test")
+    assert b"with ESMTP " in stored or b"with ESMTP\r\n" in stored
+    gmta.wait_for(r"event=starttls_failed .*fallback=plaintext")
+
+
+def test_untrusted_certificate_with_require_tls_fails(start_gmta, state_dir, tls_downstream):
+    downstream = tls_downstream()
+    gmta = gmta_with_target(start_gmta, state_dir, f"""target.smtp {{
+    targets tcp://127.0.0.1:{downstream.port()}
+    require_tls yes
+}}""")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(gmta.port(), ["b@example.test"])
+    code, text = refused.value.recipients["b@example.test"]
+    assert code == 451 and b"not trusted" in text
+    assert maildir_messages(tls_downstream.state_dir, "b@example.test") == []
+
+
+# --- AUTH. ------------------------------------------------------------------------------
+
+@pytest.fixture
+def auth_downstream(start_gmta, tmp_path, ca):
+    """gmta's submission endpoint with auth.pass_table: it refuses mail without AUTH."""
+    cert, key = ca.issue("submission.test")
+    state = tmp_path / "submission"
+    state.mkdir()
+    config_text = base_config(state, f"tls file {cert} {key}") + f"""
+auth.pass_table local_authdb {{
+    table file {state}/passwd
+}}
+submission tcp://127.0.0.1:0 {{
+    auth &local_authdb
+    deliver_to target.maildir {{
+        path maildir/{{domain}}/{{local}}
+    }}
+}}
+"""
+    config = tmp_path / "submission.conf"
+    config.write_text(config_text)
+    created = subprocess.run(GMTA + ["creds", "create", "-c", str(config), "--password", PASSWORD,
+                                     "alice@example.org"], capture_output=True, text=True,
+                             timeout=60)
+    assert created.returncode == 0, created.stderr
+    process = start_gmta(config_text)
+    process.state_dir = state
+    process.passwd = state / "passwd"
+    return process
+
+
+def tls_client_block(ca) -> str:
+    return f"tls_client {{\n root_ca {ca.cert_path}\n }}"
+
+
+def test_auth_plain_to_a_downstream_that_requires_it(start_gmta, state_dir, auth_downstream, ca):
+    gmta = gmta_with_target(start_gmta, state_dir, f"""target.smtp {{
+    targets tcp://127.0.0.1:{auth_downstream.port()}
+    require_tls yes
+    auth plain alice@example.org "{PASSWORD}"
+    {tls_client_block(ca)}
+}}""")
+    assert send(gmta.port(), ["b@example.test"]) == {}
+    [stored] = maildir_messages(auth_downstream.state_dir, "b@example.test")
+    assert b"with ESMTPSA" in stored
+    auth_downstream.wait_for(r"event=authenticated .*username=alice@example.org")
+
+
+def test_auth_plain_with_a_wrong_password_passes_the_refusal_on(start_gmta, state_dir,
+                                                                auth_downstream, ca):
+    gmta = gmta_with_target(start_gmta, state_dir, f"""target.smtp {{
+    targets tcp://127.0.0.1:{auth_downstream.port()}
+    require_tls yes
+    auth plain alice@example.org wrong
+    {tls_client_block(ca)}
+}}""")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(gmta.port(), ["b@example.test"])
+    code, _ = refused.value.recipients["b@example.test"]
+    assert code == 535
+    assert maildir_messages(auth_downstream.state_dir, "b@example.test") == []
+
+
+def test_auth_forward_uses_the_clients_credentials(start_gmta, state_dir, auth_downstream, ca):
+    # The upstream is a submission endpoint checking the same password file.
+    gmta = start_gmta(base_config(state_dir, "tls off") + f"""
+auth.pass_table upstream_authdb {{
+    table file {auth_downstream.passwd}
+}}
+submission tcp://127.0.0.1:0 {{
+    auth &upstream_authdb
+    deliver_to target.smtp {{
+        targets tcp://127.0.0.1:{auth_downstream.port()}
+        require_tls yes
+        auth forward
+        {tls_client_block(ca)}
+    }}
+}}
+""")
+    with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=30) as client:
+        client.login("alice@example.org", PASSWORD)
+        client.sendmail("alice@example.org", ["b@example.test"],
+                        b"From: alice@example.org\r\nTo: b@example.test\r\n"
+                        b"Subject: forwarded\r\n\r\nHi\r\n")
+    [stored] = maildir_messages(auth_downstream.state_dir, "b@example.test")
+    assert b"Subject: forwarded" in stored
+    auth_downstream.wait_for(r"event=authenticated .*username=alice@example.org")
+    # The password is in no log line of either side.
+    assert not any(PASSWORD in line for line in gmta.lines + auth_downstream.lines)
+
+
+def test_auth_forward_without_client_credentials_is_530(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink()
+    gmta = gmta_with_target(start_gmta, state_dir,
+                            f"target.smtp {{\n targets {sink.address}\n auth forward\n}}")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(gmta.port(), ["b@example.test"])
+    assert refused.value.recipients["b@example.test"] == (
+        530, b"5.7.0 Authentication is required")
+
+
+# --- T5, T6: LMTP to Dovecot. -----------------------------------------------------------
+
+def test_t6_smtp_to_dovecot_over_lmtp(start_gmta, state_dir, dovecot_lmtp):
+    dovecot = dovecot_lmtp({"alice@example.test": None, "bob@example.test": None})
+    gmta = start_gmta(base_config(state_dir, "tls off") + f"""
+target.lmtp local_mailboxes {{
+    targets {dovecot.address}
+}}
+smtp tcp://127.0.0.1:0 {{
+    deliver_to &local_mailboxes
+}}
+smtp tcp://127.0.0.1:0 {{
+    deliver_to lmtp unix://{dovecot.socket_path}
+}}
+""", listeners=2)
+    first, second = gmta.ports("tcp://127.0.0.1")
+    connects_before = dovecot.log().count("Connect from")
+    assert send(first, ["alice@example.test", "bob@example.test"]) == {}
+    # One LMTP session for the message (maddy #308).
+    assert dovecot.log().count("Connect from") == connects_before + 1
+    assert send(second, ["bob@example.test"]) == {}
+    [alice] = dovecot.messages("alice@example.test")
+    assert b"Subject: forwarded" in alice
+    assert len(dovecot.messages("bob@example.test")) == 2
+
+
+def test_t5_unknown_mailbox_is_refused_at_rcpt(start_gmta, state_dir, dovecot_lmtp):
+    dovecot = dovecot_lmtp({"alice@example.test": None})
+    gmta = gmta_with_target(start_gmta, state_dir, f"lmtp {dovecot.address}")
+    refused = send(gmta.port(), ["alice@example.test", "nobody@example.test"])
+    code, text = refused["nobody@example.test"]
+    assert code == 550 and text.startswith(b"5.1.1 <nobody@example.test> User doesn't exist")
+    assert len(dovecot.messages("alice@example.test")) == 1
+
+
+def load_target(tmp_path, state_dir, block: str):
+    config = tmp_path / "target.conf"
+    config.write_text(base_config(state_dir, "tls off") + block)
+    return load_block(str(config), "mailboxes")
+
+
+def test_t5_quota_failure_is_reported_for_that_recipient_only(tmp_path, state_dir,
+                                                              dovecot_lmtp):
+    dovecot = dovecot_lmtp({"alice@example.test": None, "full@example.test": "*:storage=1K"})
+    target = load_target(tmp_path, state_dir,
+                         f"target.lmtp mailboxes {{\n targets {dovecot.address}\n}}\n")
+    big = MESSAGE + b"x" * 70 + b"\r\n"
+    body = MemoryBuffer(b"".join([b"y" * 70 + b"\r\n"] * 60))
+    delivery = target.start_delivery(MessageMeta("t5"), "a@example.org")
+    delivery.add_rcpt("alice@example.test")
+    delivery.add_rcpt("full@example.test")
+    with pytest.raises(PartialDeliveryError) as partial:
+        delivery.body(big, body)
+    delivery.abort()
+    assert partial.value.delivered == ["alice@example.test"]
+    error = partial.value.failed["full@example.test"]
+    assert (error.code, error.enhanced) == (552, (5, 2, 2))   # stays permanent (maddy #800)
+    assert "Quota exceeded" in error.text
+    assert len(dovecot.messages("alice@example.test")) == 1
+    assert dovecot.messages("full@example.test") == []
+
+
+def test_lmtp_target_all_delivered_over_unix_socket(tmp_path, state_dir, dovecot_lmtp):
+    dovecot = dovecot_lmtp({"alice@example.test": None, "bob@example.test": None})
+    target = load_target(tmp_path, state_dir,
+                         f"target.lmtp mailboxes {{\n targets unix://{dovecot.socket_path}\n}}\n")
+    delivery = target.start_delivery(MessageMeta("t5b"), "a@example.org")
+    delivery.add_rcpt("alice@example.test")
+    delivery.add_rcpt("bob@example.test")
+    with pytest.raises(SMTPError) as refused:
+        delivery.add_rcpt("nobody@example.test")
+    assert refused.value.code == 550
+    delivery.body(MESSAGE, MemoryBuffer(b"body\r\n.dot line\r\n"))
+    delivery.commit()
+    [stored] = dovecot.messages("bob@example.test")
+    # Dovecot stores LF line ends; the stuffed dot was removed again.
+    assert stored.endswith(b"Hello.\nbody\n.dot line\n")
