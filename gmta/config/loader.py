@@ -42,11 +42,10 @@ DEFAULT_RUNTIME_DIR = "/run/gmta"
 # gives a clearer error than "unknown module".
 PLANNED_MODULES = frozenset({
     "smtp", "submission", "lmtp", "target.queue", "target.remote", "target.smtp",
-    "target.lmtp", "target.maildir", "table.file", "table.static", "table.regexp",
-    "table.chain", "table.identity", "modify.replace_rcpt", "modify.replace_sender",
+    "target.lmtp", "target.maildir", "table.file", "table.static",
     "modify.dkim", "auth.pass_table", "limits", "mx_auth", "mx_auth.mtasts",
     "mx_auth.sts_preload", "mx_auth.dnssec", "mx_auth.dane", "mx_auth.local_policy",
-    "checks", "modifiers", "msgpipeline", "check.spf", "check.dkim",
+    "check.spf", "check.dkim",
     "check.require_mx_record", "check.require_matching_rdns", "check.dnsbl",
     "check.authorize_sender", "check.command",
 })
