@@ -95,7 +95,7 @@ def _route_into(pipeline, mail_from: str, rcpt: str, trace: Trace, depth: int,
     for decision in message.route(rcpt):
         for target in decision.block.targets:
             inner = getattr(target, "pipeline", None)
-            if target.name == "msgpipeline" and inner is not None:
+            if getattr(target, "name", "") == "msgpipeline" and inner is not None:
                 trace.note(0, f"into msgpipeline {target.instance_name} "
                               f"({target.node.location})")
                 _route_into(inner, decision.sender, decision.rcpt, trace, depth + 1, result)
