@@ -55,12 +55,12 @@ def parse_rule(word: str, node: Node) -> str:
     try:
         if not name or name.endswith(".") or name.startswith("["):
             raise SMTPError(501, None, "")
-        normalize_domain(name)
+        normalized = normalize_domain(name)
     except SMTPError:
         raise node.error(f"invalid rule {word!r}: {name!r} is not a domain name",
                          hint="write a domain (example.org) or an address "
                               "(user@example.org)") from None
-    return match_key(word)
+    return match_key(word) if at else normalized
 
 
 @dataclass
