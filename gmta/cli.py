@@ -74,6 +74,39 @@ def run(config_path: str) -> None:
     sys.exit(serve(config))
 
 
+@main.command("route")
+@config_option
+@click.option("--endpoint", "endpoint", metavar="NAME",
+              help="The endpoint (smtp, submission, lmtp, an address, or its full name) or "
+                   "msgpipeline block whose rules to use. Default: the first smtp endpoint.")
+@click.option("--from", "sender", default="", metavar="ADDR",
+              help="The envelope sender (MAIL FROM). Default: the null sender <>.")
+@click.argument("rcpts", nargs=-1, required=True, metavar="RCPT...")
+def route(config_path: str, endpoint: str | None, sender: str, rcpts: tuple[str, ...]) -> None:
+    """Show where mail to each RCPT would go, without sending anything.
+
+    Exit status: 0 if every recipient would be accepted, 1 if any would be
+    refused, 2 for a configuration error.
+    """
+    from gmta.errors import SMTPError
+    from gmta.pipeline import route as impl
+
+    config = _load(config_path)
+    try:
+        pipeline, description = impl.find_pipeline(config, endpoint)
+        mail_from = impl.parse_sender(sender)
+    except (LookupError, SMTPError) as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(f"pipeline: {description}")
+    click.echo(f"sender: <{mail_from}>")
+    refused = False
+    for rcpt in rcpts:
+        result = impl.route(pipeline, mail_from, rcpt)
+        refused = refused or result.error is not None
+        click.echo(impl.format_result(result))
+    sys.exit(1 if refused else 0)
+
+
 @main.group()
 def creds() -> None:
     """Manage the users of an auth.pass_table (its table.file)."""

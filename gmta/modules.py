@@ -12,3 +12,10 @@ import gmta.table.static  # noqa: F401
 import gmta.target.dummy  # noqa: F401
 import gmta.target.maildir  # noqa: F401
 import gmta.target.smtp  # noqa: F401
+import gmta.pipeline.check  # noqa: F401
+import gmta.pipeline.modify  # noqa: F401
+import gmta.pipeline.msgpipeline  # noqa: F401
+import gmta.pipeline.replace  # noqa: F401
+import gmta.table.chain  # noqa: F401
+import gmta.table.identity  # noqa: F401
+import gmta.table.regexp  # noqa: F401

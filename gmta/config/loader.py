@@ -46,7 +46,7 @@ PLANNED_MODULES = frozenset({
     "table.chain", "table.identity", "modify.replace_rcpt", "modify.replace_sender",
     "modify.dkim", "auth.pass_table", "limits", "mx_auth", "mx_auth.mtasts",
     "mx_auth.sts_preload", "mx_auth.dnssec", "mx_auth.dane", "mx_auth.local_policy",
-    "checks", "modifiers", "msgpipeline", "check.spf", "check.dkim",
+    "check.spf", "check.dkim",
     "check.require_mx_record", "check.require_matching_rdns", "check.dnsbl",
     "check.authorize_sender", "check.command",
 })

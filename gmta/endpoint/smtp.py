@@ -28,7 +28,7 @@ from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Int, 
                                 Strings, read_block)
 from gmta.config.tls import TLSServerConfig, parse_server_tls
 from gmta.config.values import parse_endpoint, parse_size
-from gmta.delivery import ClientCredentials, MessageMeta
+from gmta.delivery import ClientCredentials, MessageMeta, PartialDeliveryError
 from gmta.endpoint.submission_header import check_and_complete
 from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.errors import SMTPError
@@ -218,17 +218,17 @@ class EndpointSession:
         self.smtputf8 = event.smtputf8
         self.committed = False
         if not self.endpoint.defer_sender_reject:
-            self._sender_stage()
-        try:
-            self.delivery = self.endpoint.pipeline.start_delivery(self.meta, self.mail_from)
-        except BaseException:
-            # MAIL is refused, so the driver sees no transaction to end.
-            self.transaction_ended()
-            raise
+            try:
+                self._sender_stage()
+            except BaseException:
+                # MAIL is refused, so the driver sees no transaction to end.
+                self.transaction_ended()
+                raise
         self.log.debug("mail", session=self.session_id, msg_id=self.meta.id, sender=event.address)
 
     def _sender_stage(self) -> None:
-        """Work that depends on the sender only: today the endpoint's limits.
+        """Work that depends on the sender only: the endpoint's limits, then the
+        pipeline's sender stage (source block, sender checks and modifiers).
 
         With ``defer_sender_reject`` (the default) it runs at the first RCPT,
         and its refusal answers every RCPT of the transaction (maddy E14), so
@@ -238,12 +238,21 @@ class EndpointSession:
         try:
             self.lease = self.endpoint.limits.take(ip=self._peer_ip(),
                                                    source=domain_of(self.mail_from))
-        except SMTPError as error:
+            # LMTP answers per recipient, so its pipeline need not be all-or-nothing.
+            self.delivery = self.endpoint.pipeline.start_delivery(
+                self.meta, self.mail_from, atomic=not self.endpoint.lmtp)
+        except Exception as e:
+            error = e if isinstance(e, SMTPError) else self._internal_error("sender_stage", e)
             self.sender_error = error
             self.log.info("sender_refused", session=self.session_id, msg_id=self.meta.id,
                           sender=self.mail_from, reply=str(error),
                           scope=error.misc.get("limit_scope"))
-            raise
+            raise error from None
+
+    def _internal_error(self, stage: str, e: Exception) -> SMTPError:
+        self.log.error("handler_failed", session=self.session_id, msg_id=self.meta.id,
+                       stage=stage, error=repr(e))
+        return SMTPError(451, (4, 0, 0), f"Internal server error (msg ID = {self.meta.id})")
 
     def _peer_ip(self) -> str | None:
         return self.peer[0] if isinstance(self.peer, tuple) and self.peer else None
@@ -317,9 +326,21 @@ class EndpointSession:
         header = self._received_field() + header
         body = self.writer.finish()
         self.writer = None
+        partial = None
         try:
             self.delivery.body(header, body)
             self.delivery.commit()
+        except PartialDeliveryError as error:
+            # Some recipients were delivered: they must not be reported as
+            # failed (maddy #704). LMTP says it per recipient; SMTP accepts
+            # the message and the pipeline has logged each failed recipient.
+            if not error.delivered and not self.endpoint.lmtp:
+                failures = list(error.failed.values())
+                first = next((e for e in failures if e.temporary), failures[0])
+                self.log.info("message_failed", session=self.session_id, msg_id=self.meta.id,
+                              reply=str(first))
+                raise first from None
+            partial = error
         except SMTPError as error:
             self.log.info("message_failed", session=self.session_id, msg_id=self.meta.id,
                      reply=str(error))
@@ -333,10 +354,12 @@ class EndpointSession:
         self.committed = True
         self.log.info("accepted", session=self.session_id, msg_id=self.meta.id,
                  sender=self.mail_from, rcpts=len(self.rcpts), size=len(header) + body.size)
+        if partial is not None:
+            self.log.warning("partly_delivered", session=self.session_id, msg_id=self.meta.id,
+                             failed=",".join(partial.failed))
         if self.endpoint.lmtp:
-            # One result per accepted recipient (RFC 2033 §4.2); the pipeline
-            # is all-or-nothing today, so they are the same.
-            return [None] * len(self.rcpts)
+            # One result per accepted recipient, in RCPT order (RFC 2033 §4.2).
+            return [partial.results.get(rcpt) if partial else None for rcpt in self.rcpts]
         return None
 
     def transaction_ended(self) -> None:

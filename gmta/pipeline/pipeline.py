@@ -1,25 +1,37 @@
-"""The message pipeline of an endpoint block (maddy-behaviour §2.2).
+"""The message pipeline of an endpoint, ``msgpipeline`` or ``bounce`` block (maddy-behaviour §2.2).
 
-This is the handling part of a block: either one or more ``deliver_to``
-targets, or ``reject``. A :class:`Pipeline` is itself a delivery target: it
-starts a delivery on each of its targets when the first recipient arrives,
-adds every recipient to each, and commits them together.
+A pipeline has three levels, each with its own ``check { }`` and ``modify { }``:
 
-Source and destination rules, checks and modifiers build on this (see
-``docs/FEATURES.md`` for what is built).
+* the root chooses a **source block** by the (rewritten) sender:
+  ``source RULE... { }``, ``source_in TABLE { }``, ``default_source { }``;
+* a source block chooses a **destination block** for each (rewritten)
+  recipient: ``destination RULE... { }``, ``destination_in TABLE { }``,
+  ``default_destination { }``;
+* a destination block handles its recipients: ``deliver_to TARGET``
+  (several allowed), ``reroute { pipeline }`` (route the rewritten addresses
+  again), or ``reject [code [enhanced [text]]]``.
+
+A level without rules is its own default block: ``deliver_to`` at the root
+means "every sender, every recipient". This file reads the configuration
+into :class:`Pipeline`, :class:`SourceBlock` and :class:`DestinationBlock`;
+``gmta.pipeline.run`` routes messages through them.
+
+``HANDLING_DIRECTIVES`` (every directive a pipeline block accepts) and
+:meth:`Pipeline.from_values` are the entry point for any module with a
+pipeline block: endpoints, ``msgpipeline``, the queue's ``bounce { }``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import gmta.log
 from gmta.config.parser import Node
-from gmta.config.reader import Custom, Directive, ModuleRef, Values
-from gmta.delivery import Delivery, MessageMeta, Target
+from gmta.config.reader import Custom, Directive, ModuleRef, Values, read_block
+from gmta.delivery import MessageMeta
 from gmta.errors import SMTPError
-
-log = gmta.log.get("pipeline")
+from gmta.pipeline.check import Check, parse_check_list
+from gmta.pipeline.modify import Modifier, parse_modifier_list
+from gmta.pipeline.rules import Rules, parse_rule
 
 DEFAULT_REJECT = SMTPError(554, (5, 7, 0), "Message rejected due to a local policy")
 
@@ -55,86 +67,229 @@ def parse_reject(node: Node, ctx) -> SMTPError:
     return SMTPError(code, enhanced, text)
 
 
-#: The handling directives every pipeline block accepts.
-HANDLING_DIRECTIVES = (
-    Directive("deliver_to", ModuleRef("target"), repeat=True,
-              doc="deliver to this target (&name or an inline module)"),
-    Directive("reject", Custom(parse_reject, "[code [enhanced [text]]]"),
-              doc="refuse every recipient with this reply"),
-)
+# -- the blocks ---------------------------------------------------------------------------
+
+@dataclass
+class DestinationBlock:
+    """What happens to the recipients a destination rule (or the default) selected."""
+
+    label: str
+    checks: list[Check] = field(default_factory=list)
+    modifiers: list[Modifier] = field(default_factory=list)
+    targets: list = field(default_factory=list)
+    reroutes: list["Pipeline"] = field(default_factory=list)
+    reject: SMTPError | None = None
+
+    @classmethod
+    def from_values(cls, cfg: Values, where: Node, label: str,
+                    implied: bool = False) -> "DestinationBlock":
+        _forbid(cfg, ("source", "source_in", "default_source"),
+                "source rules are only allowed at the top level of a pipeline")
+        _forbid(cfg, ("destination", "destination_in", "default_destination"),
+                "destination rules cannot be nested inside a destination block")
+        if cfg.reject is not None and (cfg.deliver_to or cfg.reroute):
+            raise cfg.error("reject", "a block cannot both reject and deliver_to or reroute",
+                            hint="remove one of them")
+        if cfg.reject is None and not cfg.deliver_to and not cfg.reroute:
+            raise where.error("empty pipeline configuration, use 'reject' to reject messages",
+                              hint="add 'deliver_to TARGET', 'reroute { ... }' or 'reject'")
+        block = cls(label, targets=list(cfg.deliver_to), reroutes=list(cfg.reroute),
+                    reject=cfg.reject)
+        if not implied:
+            block.checks, block.modifiers = _flat(cfg.check), _flat(cfg.modify)
+        return block
+
+
+@dataclass
+class SourceBlock:
+    """The destination rules for the senders a source rule (or the default) selected."""
+
+    label: str
+    checks: list[Check] = field(default_factory=list)
+    modifiers: list[Modifier] = field(default_factory=list)
+    destinations: Rules[DestinationBlock] = field(default_factory=Rules)
+
+    @classmethod
+    def from_values(cls, cfg: Values, where: Node, label: str,
+                    implied: bool = False) -> "SourceBlock":
+        _forbid(cfg, ("source", "source_in", "default_source"),
+                "source rules are only allowed at the top level of a pipeline")
+        block = cls(label)
+        if not implied:
+            block.checks, block.modifiers = _flat(cfg.check), _flat(cfg.modify)
+        if cfg.destination or cfg.destination_in or cfg.default_destination is not None:
+            _forbid(cfg, ("deliver_to", "reroute", "reject"),
+                    "can't put handling directives together with destination rules",
+                    hint="put them inside default_destination { } or a destination block")
+            first = "destination" if cfg.destination else "destination_in"
+            if cfg.default_destination is None:
+                raise cfg.error(first, "missing or empty default destination block",
+                                hint="add 'default_destination { reject }' to refuse "
+                                     "other recipients")
+            _fill_rules(block.destinations, cfg.destination, cfg.destination_in)
+            block.destinations.default = cfg.default_destination
+        else:
+            block.destinations.default = DestinationBlock.from_values(
+                cfg, where, f"{label} (no destination rules)", implied=True)
+        return block
 
 
 @dataclass
 class Pipeline:
-    """Deliver to ``targets``, or refuse with ``reject``."""
+    """A whole pipeline: root checks and modifiers, then the source rules."""
 
-    targets: list[Target]
-    reject: SMTPError | None = None
+    label: str = "pipeline"
+    checks: list[Check] = field(default_factory=list)
+    modifiers: list[Modifier] = field(default_factory=list)
+    sources: Rules[SourceBlock] = field(default_factory=Rules)
 
     @classmethod
-    def from_values(cls, cfg: Values, where: Node) -> "Pipeline":
-        targets = cfg.deliver_to
-        if cfg.reject is not None and targets:
-            raise cfg.error("reject", "a block cannot both reject and deliver_to",
-                            hint="remove one of them")
-        if cfg.reject is None and not targets:
-            raise where.error("empty pipeline configuration, use 'reject' to reject messages",
-                              hint="add 'deliver_to TARGET' or 'reject'")
-        return cls(targets, cfg.reject)
+    def from_values(cls, cfg: Values, where: Node, label: str | None = None) -> "Pipeline":
+        """The pipeline of a block read with ``HANDLING_DIRECTIVES`` (other directives ignored)."""
+        label = label or f"{' '.join([where.name, *where.args])} ({where.location})"
+        pipeline = cls(label, _flat(cfg.check), _flat(cfg.modify))
+        if cfg.source or cfg.source_in or cfg.default_source is not None:
+            _forbid(cfg, ("destination", "destination_in", "default_destination", "deliver_to",
+                          "reroute", "reject"),
+                    "can't put handling directives together with source rules",
+                    hint="put them inside default_source { } or a source block")
+            first = "source" if cfg.source else "source_in"
+            if cfg.default_source is None:
+                raise cfg.error(first, "missing or empty default source block",
+                                hint="add 'default_source { reject }' to refuse other senders")
+            _fill_rules(pipeline.sources, cfg.source, cfg.source_in)
+            pipeline.sources.default = cfg.default_source
+        else:
+            pipeline.sources.default = SourceBlock.from_values(
+                cfg, where, f"{label} (no source rules)", implied=True)
+        return pipeline
 
-    def start_delivery(self, meta: MessageMeta, mail_from: str) -> "PipelineDelivery":
-        return PipelineDelivery(self, meta, mail_from)
+    @classmethod
+    def simple(cls, targets: list, reject: SMTPError | None = None) -> "Pipeline":
+        """A pipeline that sends everything to *targets*, or refuses it with *reject*."""
+        dest = DestinationBlock("deliver_to", targets=list(targets), reject=reject)
+        source = SourceBlock("default_source")
+        source.destinations.default = dest
+        pipeline = cls("pipeline")
+        pipeline.sources.default = source
+        return pipeline
+
+    @property
+    def targets(self) -> list:
+        """Every target named in this pipeline (reroutes included), each once."""
+        found: list = []
+        sources = [*self.sources.by_key.values(), *(b for _, b, _ in self.sources.tables),
+                   self.sources.default]
+        for source in sources:
+            d = source.destinations
+            for block in [*d.by_key.values(), *(b for _, b, _ in d.tables), d.default]:
+                nested = [t for r in block.reroutes for t in r.targets]
+                found += [t for t in [*block.targets, *nested] if t not in found]
+        return found
+
+    def start_delivery(self, meta: MessageMeta, mail_from: str, *, atomic: bool = True):
+        from gmta.pipeline.run import PipelineDelivery
+        return PipelineDelivery(self, meta, mail_from, atomic=atomic)
 
 
-class PipelineDelivery:
-    def __init__(self, pipeline: Pipeline, meta: MessageMeta, mail_from: str):
-        self.pipeline = pipeline
-        self.meta = meta
-        self.mail_from = mail_from
-        self.deliveries: list[Delivery] = []
-        self.rcpts: list[str] = []
+def _flat(lists: list[list]) -> list:
+    return [item for sub in lists for item in sub]
 
-    def add_rcpt(self, rcpt: str, params: dict | None = None) -> None:
-        if self.pipeline.reject is not None:
-            raise self.pipeline.reject
-        if rcpt in self.rcpts:
-            # The same recipient twice in one message is delivered once
-            # (maddy delivered duplicates, maddy issue #94).
-            return
-        if not self.deliveries:
-            # Targets start on the first recipient: a transaction whose
-            # recipients are all refused costs the targets nothing.
-            self.deliveries = self._start_all()
-        for delivery in self.deliveries:
-            delivery.add_rcpt(rcpt, params)
-        self.rcpts.append(rcpt)
 
-    def _start_all(self) -> list[Delivery]:
-        """A delivery on every target, or none: a target that cannot start must not
-        leave the others to deliver the message alone."""
-        started: list[Delivery] = []
-        try:
-            for target in self.pipeline.targets:
-                started.append(target.start_delivery(self.meta, self.mail_from))
-        except BaseException:
-            self._abort_all(started)
-            raise
-        return started
+def _forbid(cfg: Values, names: tuple[str, ...], message: str, hint: str | None = None) -> None:
+    for name in names:
+        if cfg.given(name):
+            raise cfg.error(name, f"{message}: {name}", hint=hint)
 
-    def body(self, header: bytes, body) -> None:
-        for delivery in self.deliveries:
-            delivery.body(header, body)
 
-    def commit(self) -> None:
-        for delivery in self.deliveries:
-            delivery.commit()
+def _fill_rules(rules: Rules, by_rule: list, by_table: list) -> None:
+    for keys, block, node in by_rule:
+        for key in keys:
+            if not rules.add(key, block):
+                # maddy silently keeps the first (maddy-behaviour §5): say so instead.
+                raise node.error(f"duplicate rule {key}: an earlier {node.name} block has it",
+                                 hint="each address or domain may select one block")
+    rules.tables.extend(by_table)
 
-    def abort(self) -> None:
-        self._abort_all(self.deliveries)
 
-    def _abort_all(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
-            try:
-                delivery.abort()
-            except Exception as e:  # abort is best effort and must reach every target
-                log.error("abort_failed", msg_id=self.meta.id, error=repr(e))
+# -- the directives -----------------------------------------------------------------------
+
+def _rule_block(node: Node, ctx, level: str):
+    """``source RULE... { }`` / ``destination RULE... { }`` → (keys, block, node)."""
+    if not node.args:
+        raise node.error(f"{node.name}: expected at least one rule",
+                         hint=f"such as '{node.name} example.org user@example.net {{ ... }}'")
+    if node.children is None:
+        raise node.error(f"{node.name} needs a block", hint=f"{node.name} RULE... {{ ... }}")
+    keys = [parse_rule(word, node) for word in node.args]
+    label = f"{node.name} {' '.join(node.args)} ({node.location})"
+    return keys, _read_level(node, ctx, level, label), node
+
+
+def _table_block(node: Node, ctx, level: str):
+    """``source_in TABLE { }`` / ``destination_in TABLE { }`` → (table, block, node)."""
+    if not node.args:
+        raise node.error(f"{node.name}: expected a table",
+                         hint=f"such as '{node.name} &local_users {{ ... }}' or "
+                              f"'{node.name} file /etc/gmta/users {{ ... }}'")
+    if node.children is None:
+        raise node.error(f"{node.name} needs a block", hint=f"{node.name} TABLE {{ ... }}")
+    # The block is the routing block, so the table cannot have one of its own.
+    table = ctx.instance_from_node(Node("table", list(node.args), None, node.file, node.line),
+                                   "table")
+    label = f"{node.name} {' '.join(node.args)} ({node.location})"
+    return table, _read_level(node, ctx, level, label), node
+
+
+def _default_block(node: Node, ctx, level: str):
+    if node.args:
+        raise node.error(f"{node.name} takes no arguments")
+    if node.children is None:
+        raise node.error(f"{node.name} needs a block", hint=f"{node.name} {{ ... }}")
+    return _read_level(node, ctx, level, f"{node.name} ({node.location})")
+
+
+def _read_level(node: Node, ctx, level: str, label: str):
+    values = read_block(node, node.block, HANDLING_DIRECTIVES, ctx)
+    cls = SourceBlock if level == "source" else DestinationBlock
+    return cls.from_values(values, node, label)
+
+
+def _reroute(node: Node, ctx) -> Pipeline:
+    if node.args or node.children is None:
+        raise node.error("reroute takes no arguments and needs a block",
+                         hint="reroute { destination ... { } default_destination { } }")
+    values = read_block(node, node.block, HANDLING_DIRECTIVES, ctx)
+    return Pipeline.from_values(values, node, f"reroute ({node.location})")
+
+
+#: Every directive a pipeline block accepts (levels are checked by from_values).
+HANDLING_DIRECTIVES = (
+    Directive("check", Custom(parse_check_list, "{ CHECK... } | &checks"), repeat=True,
+              doc="checks of this level"),
+    Directive("modify", Custom(parse_modifier_list, "{ MODIFIER... } | &modifiers"),
+              repeat=True, doc="modifiers of this level"),
+    Directive("source", Custom(lambda n, c: _rule_block(n, c, "source"), "RULE... { }"),
+              repeat=True, doc="the block for senders matching these rules"),
+    Directive("source_in", Custom(lambda n, c: _table_block(n, c, "source"), "TABLE { }"),
+              repeat=True, doc="the block for senders found in this table"),
+    Directive("default_source", Custom(lambda n, c: _default_block(n, c, "source"), "{ }"),
+              doc="the block for other senders"),
+    Directive("destination", Custom(lambda n, c: _rule_block(n, c, "destination"),
+                                    "RULE... { }"),
+              repeat=True, doc="the block for recipients matching these rules"),
+    Directive("destination_in", Custom(lambda n, c: _table_block(n, c, "destination"),
+                                       "TABLE { }"),
+              repeat=True, doc="the block for recipients found in this table"),
+    Directive("default_destination",
+              Custom(lambda n, c: _default_block(n, c, "destination"), "{ }"),
+              doc="the block for other recipients"),
+    Directive("deliver_to", ModuleRef("target"), repeat=True,
+              doc="deliver to this target (&name or an inline module)"),
+    Directive("reroute", Custom(_reroute, "{ pipeline }"), repeat=True,
+              doc="route the rewritten recipients again through this pipeline"),
+    Directive("reject", Custom(parse_reject, "[code [enhanced [text]]]"),
+              doc="refuse every recipient with this reply"),
+)
+#: The same directives, by the name that says what they are.
+PIPELINE_DIRECTIVES = HANDLING_DIRECTIVES

@@ -267,7 +267,7 @@ def test_unexpected_error_at_commit_is_451_with_the_message_id(talk, tmp_path, m
     replies = c.transaction("a@x.test", ["b@x.test"], b"Subject: x\r\n\r\ny\r\n")
     assert re.fullmatch(r"451 4\.0\.0 Internal server error \(msg ID = [0-9a-f]{16}\)",
                         replies[-1])
-    assert any("event=message_failed" in x and "RuntimeError" in x for x in log_lines)
+    assert any("event=target_failed" in x and "RuntimeError" in x for x in log_lines)
     assert leftovers(tmp_path) == []   # the tmp file was aborted
 
 

@@ -1,4 +1,7 @@
-"""The handling part of a pipeline block: ``reject``, ``deliver_to`` and PipelineDelivery."""
+"""The handling part of a pipeline block: ``reject``, ``deliver_to`` and PipelineDelivery.
+
+Routing rules (source/destination), checks and modifiers are in test_routing.py.
+"""
 
 from __future__ import annotations
 
@@ -98,19 +101,24 @@ def read(text: str):
     return read_block(block, block.block, HANDLING_DIRECTIVES, ctx), block
 
 
+def only_block(pipeline):
+    """The destination block of a pipeline without rules."""
+    return pipeline.sources.default.destinations.default
+
+
 def test_from_values_with_targets():
     cfg, where = read("p {\n deliver_to dummy\n deliver_to dummy\n}")
     pipeline = Pipeline.from_values(cfg, where)
     assert len(pipeline.targets) == 2
     assert all(isinstance(t, DummyTarget) for t in pipeline.targets)
-    assert pipeline.reject is None
+    assert only_block(pipeline).reject is None
 
 
 def test_from_values_with_reject():
     cfg, where = read("p {\n reject 550 5.7.1 no\n}")
     pipeline = Pipeline.from_values(cfg, where)
     assert pipeline.targets == []
-    assert pipeline.reject == SMTPError(550, (5, 7, 1), "no")
+    assert only_block(pipeline).reject == SMTPError(550, (5, 7, 1), "no")
 
 
 def test_from_values_refuses_reject_with_deliver_to():
@@ -154,7 +162,7 @@ def test_endpoint_block_errors_name_file_and_line(tmp_path):
 def test_endpoint_block_gets_its_pipeline(tmp_path):
     config = load_endpoint(tmp_path, "    reject 421 4.3.2 closed for now")
     [endpoint] = config.endpoints
-    assert endpoint.pipeline.reject == SMTPError(421, (4, 3, 2), "closed for now")
+    assert only_block(endpoint.pipeline).reject == SMTPError(421, (4, 3, 2), "closed for now")
 
 
 # -- PipelineDelivery -----------------------------------------------------------------------
@@ -210,7 +218,7 @@ def of(journal, name):
 def test_targets_start_lazily_on_the_first_recipient():
     journal = []
     a, b = RecordingTarget("a", journal), RecordingTarget("b", journal)
-    delivery = Pipeline([a, b]).start_delivery(META, "from@x.test")
+    delivery = Pipeline.simple([a, b]).start_delivery(META, "from@x.test")
     assert journal == []
     delivery.add_rcpt("one@x.test", {"notify": None})
     assert journal == [("a", "start", "from@x.test"), ("b", "start", "from@x.test"),
@@ -224,14 +232,14 @@ def test_targets_start_lazily_on_the_first_recipient():
 
 def test_no_recipient_no_target_work():
     journal = []
-    delivery = Pipeline([RecordingTarget("a", journal)]).start_delivery(META, "")
+    delivery = Pipeline.simple([RecordingTarget("a", journal)]).start_delivery(META, "")
     delivery.abort()
     assert journal == []
 
 
 def test_duplicate_recipients_are_added_once():
     journal = []
-    delivery = Pipeline([RecordingTarget("a", journal)]).start_delivery(META, "")
+    delivery = Pipeline.simple([RecordingTarget("a", journal)]).start_delivery(META, "")
     delivery.add_rcpt("one@x.test")
     delivery.add_rcpt("one@x.test")
     delivery.add_rcpt("two@x.test")
@@ -244,7 +252,8 @@ def test_duplicate_recipients_are_added_once():
 def test_reject_refuses_every_recipient_and_starts_nothing():
     journal = []
     error = SMTPError(550, (5, 7, 1), "no")
-    delivery = Pipeline([RecordingTarget("a", journal)], reject=error).start_delivery(META, "")
+    delivery = Pipeline.simple([RecordingTarget("a", journal)], reject=error) \
+        .start_delivery(META, "")
     for rcpt in ("one@x.test", "two@x.test", "one@x.test"):
         with pytest.raises(SMTPError) as e:
             delivery.add_rcpt(rcpt)
@@ -256,18 +265,20 @@ def test_reject_refuses_every_recipient_and_starts_nothing():
 def test_refused_recipient_is_not_remembered():
     journal = []
     target = RecordingTarget("a", journal, fail={"add_rcpt": SMTPError(550, (5, 1, 1), "unknown")})
-    delivery = Pipeline([target]).start_delivery(META, "")
+    delivery = Pipeline.simple([target]).start_delivery(META, "")
     with pytest.raises(SMTPError):
         delivery.add_rcpt("one@x.test")
     assert delivery.rcpts == []
     with pytest.raises(SMTPError):
         delivery.add_rcpt("one@x.test")   # asked again, not skipped as a duplicate
-    assert target.started == 1
+    # A delivery started for a refused RCPT alone is aborted, and started anew.
+    assert target.started == 2
+    assert [e[1] for e in journal] == ["start", "add_rcpt", "abort"] * 2
 
 
 def test_body_and_commit_reach_every_target():
     journal = []
-    delivery = Pipeline([RecordingTarget("a", journal), RecordingTarget("b", journal)]) \
+    delivery = Pipeline.simple([RecordingTarget("a", journal), RecordingTarget("b", journal)]) \
         .start_delivery(META, "")
     delivery.add_rcpt("one@x.test")
     body = object()
@@ -280,7 +291,7 @@ def test_body_and_commit_reach_every_target():
 def test_body_error_propagates():
     journal = []
     error = SMTPError(451, (4, 3, 0), "disk")
-    delivery = Pipeline([RecordingTarget("a", journal, fail={"body": error})]) \
+    delivery = Pipeline.simple([RecordingTarget("a", journal, fail={"body": error})]) \
         .start_delivery(META, "")
     delivery.add_rcpt("one@x.test")
     with pytest.raises(SMTPError) as e:
@@ -293,13 +304,13 @@ def test_abort_reaches_every_target_even_if_one_raises(log_lines):
     targets = [RecordingTarget("a", journal, fail={"abort": RuntimeError("boom")}),
                RecordingTarget("b", journal, fail={"abort": SMTPError(451, None, "x")}),
                RecordingTarget("c", journal)]
-    delivery = Pipeline(targets).start_delivery(META, "")
+    delivery = Pipeline.simple(targets).start_delivery(META, "")
     delivery.add_rcpt("one@x.test")
     delivery.abort()
     assert [e for e in journal if e[1] == "abort"] == [("a", "abort"), ("b", "abort"), ("c", "abort")]
     lines = [line for line in log_lines if "module=pipeline" in line]
     assert len(lines) == 2
-    assert lines[0].startswith("module=pipeline event=abort_failed msg_id=msg1 error=")
+    assert lines[0].startswith("module=pipeline event=abort_failed msg_id=msg1 target=")
     assert "RuntimeError('boom')" in lines[0]
 
 
@@ -308,7 +319,7 @@ def test_failed_target_start_leaves_no_half_started_message():
     journal = []
     flaky = RecordingTarget("b", journal, fail={"start": SMTPError(451, (4, 3, 0), "busy")})
     a = RecordingTarget("a", journal)
-    delivery = Pipeline([a, flaky]).start_delivery(META, "")
+    delivery = Pipeline.simple([a, flaky]).start_delivery(META, "")
     with pytest.raises(SMTPError):
         delivery.add_rcpt("one@x.test")
     # What target a had started is dropped at once.
@@ -323,11 +334,11 @@ def test_failed_target_start_leaves_no_half_started_message():
 
 
 def test_dummy_target_accepts_everything_and_keeps_nothing():
-    pipeline = Pipeline([DummyTarget("dummy", [], None)])
+    pipeline = Pipeline.simple([DummyTarget("dummy", [], None)])
     delivery = pipeline.start_delivery(META, "a@x.test")
     delivery.add_rcpt("one@x.test")
     delivery.add_rcpt("two@x.test")
-    [dummy] = delivery.deliveries
+    [dummy] = [td.delivery for td in delivery.targets.values()]
     assert dummy.rcpts == ["one@x.test", "two@x.test"]
     delivery.body(b"Subject: x\r\n\r\n", None)
     delivery.commit()
