@@ -162,5 +162,10 @@ def creds_list(config_path: str, block: str | None) -> None:
     impl.list_users(config_path, block)
 
 
+from gmta.queue.cli import register as _register_queue  # noqa: E402
+
+_register_queue(main, config_option)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -41,7 +41,7 @@ DEFAULT_RUNTIME_DIR = "/run/gmta"
 # Modules DESIGN §1.2 promises that are not in this build yet; naming them
 # gives a clearer error than "unknown module".
 PLANNED_MODULES = frozenset({
-    "smtp", "submission", "lmtp", "target.queue", "target.remote",
+    "smtp", "submission", "lmtp", "target.remote",
     "target.maildir", "table.file", "table.static", "table.regexp",
     "table.chain", "table.identity", "modify.replace_rcpt", "modify.replace_sender",
     "modify.dkim", "auth.pass_table", "limits", "mx_auth", "mx_auth.mtasts",

@@ -602,8 +602,9 @@ class SMTPEndpoint(Module):
                 tls_available=self.tls_context is not None, tls_active=implicit_tls,
                 auth_mechanisms=self.auth_mechanisms, auth_requires_tls=not self.insecure_auth,
                 submission=self.submission,
-                # DSN is offered once the queue can honour NOTIFY/RET/ENVID.
-                dsn=False)
+                # RFC 3461: NOTIFY/RET/ENVID/ORCPT reach the queue through
+                # meta.mail_params and the RCPT params (gmta.queue.notify).
+                dsn=True)
             driver = SessionDriver(sock, conn, handler, read_timeout=self.read_timeout,
                                    write_timeout=self.write_timeout,
                                    tls_context=self.tls_context, io_debug=self.io_debug,

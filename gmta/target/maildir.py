@@ -100,6 +100,8 @@ class MaildirTarget(Module):
     name = "target.maildir"
     kinds = frozenset({"target"})
     max_inline_args = 1
+    #: Final delivery: a queue in front reports NOTIFY=SUCCESS as "delivered" (RFC 3464 §2.3.3).
+    delivers_locally = True
     directives = (
         Directive("path", Path(), doc="Maildir path template with {local}, {domain}, {address}"),
         Directive("create", Bool(), True, doc="create missing Maildirs (cur, new, tmp)"),

@@ -246,7 +246,7 @@ def test_maddy_modules_gmta_lacks(name, advice, mods):
         f"t.conf:1: unknown module or global directive: {name} ({advice}")
 
 
-@pytest.mark.parametrize("name", ["target.queue", "target.remote", "submission", "mx_auth"])
+@pytest.mark.parametrize("name", ["target.remote", "submission", "mx_auth"])
 def test_planned_modules_that_are_not_built(name, mods, hide):
     assert name in PLANNED_MODULES
     hide(name)
@@ -424,9 +424,9 @@ def test_unknown_inline_module_suggests_one_of_its_kind(mods):
 
 
 def test_unknown_inline_module_hints(mods, hide):
-    hide("target.queue", "queue")
-    assert error("ut.endpoint {\n  deliver_to queue\n}\n") == (
-        "t.conf:2: unknown target module: queue "
+    hide("target.remote", "remote")
+    assert error("ut.endpoint {\n  deliver_to remote\n}\n") == (
+        "t.conf:2: unknown target module: remote "
         "(not built yet in this version of gmta (see docs/FEATURES.md))")
     assert error("ut.endpoint {\n  deliver_to storage.imapsql\n}\n").startswith(
         "t.conf:2: unknown target module: storage.imapsql (gmta has no mailbox storage")

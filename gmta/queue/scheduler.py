@@ -1,0 +1,200 @@
+"""The queue's scheduler: a bounded window of next attempts and a pool of workers.
+
+- **Window.** At most ``window`` entries are known in memory, each as one
+  ``(due time, id)`` pair in a heap — never a body, never a record. An entry
+  that does not fit is left on disk and the window is marked *overflowing*;
+  when the window has drained to half, a rescan refills it with the earliest
+  due entries on disk. A queue of a million messages thus costs a few MB and
+  start-up does not wait for it: the first scan runs in the background.
+- **Workers.** A ``gevent.pool.Pool`` of ``max_parallelism`` greenlets runs
+  :class:`gmta.queue.attempt.Attempt` on due entries.
+- **Rescans** (a full pass over ``msg/`` in the threadpool, a batch at a time)
+  happen at start-up (with recovery), when ``gmta queue flush|release``
+  touches the ``wakeup`` file (polled every ``WAKEUP_POLL`` seconds), every
+  ``RESCAN_INTERVAL`` seconds so that a second daemon on the same queue takes
+  over what a dead one left, and when an overflowing window needs refilling.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+
+from gmta.durable import in_threadpool
+from gmta.queue.attempt import Attempt
+
+WINDOW = 10000
+WAKEUP_POLL = 1.0
+RESCAN_INTERVAL = 300.0
+SCAN_BATCH = 256
+#: How long stop() lets running attempts finish before killing them.
+STOP_GRACE = 10.0
+
+
+class Scheduler:
+    def __init__(self, queue, window: int = WINDOW):
+        self.queue = queue
+        self.spool = queue.spool
+        self.log = queue.log
+        self.window = window
+        self.attempt = Attempt(queue)
+        self.pool = Pool(queue.max_parallelism)
+        self._heap: list[tuple[float, int, str]] = []
+        self._due: dict[str, float] = {}
+        self._seq = itertools.count()
+        self._active: set[str] = set()
+        self._overflow = False
+        self._wake = Event()
+        self._rescan = Event()
+        self._greenlets: list[gevent.Greenlet] = []
+        self.started_at = 0.0
+
+    # -- the window ----------------------------------------------------------------------
+
+    def schedule(self, entry_id: str, due: float) -> None:
+        """Make *entry_id* due at *due* (earlier of this and what is known)."""
+        if entry_id in self._active:
+            return  # its worker reschedules it when done
+        known = self._due.get(entry_id)
+        if known is not None and known <= due:
+            return
+        if known is None and len(self._due) >= self.window:
+            latest_id = max(self._due, key=self._due.__getitem__)
+            if self._due[latest_id] <= due:
+                self._overflow = True
+                return
+            # The new entry is due sooner: the latest one goes back to disk only.
+            del self._due[latest_id]
+            self._overflow = True
+        self._due[entry_id] = due
+        heapq.heappush(self._heap, (due, next(self._seq), entry_id))
+        if len(self._heap) > 4 * self.window:
+            self._compact()
+        self._wake.set()
+
+    def _compact(self) -> None:
+        """Drop stale heap items (entries rescheduled or forgotten)."""
+        self._heap = [(d, s, i) for d, s, i in self._heap if self._due.get(i) == d]
+        heapq.heapify(self._heap)
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    # -- running -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.started_at = time.time()
+        self._greenlets = [gevent.spawn(self._dispatch), gevent.spawn(self._maintain)]
+
+    def stop(self) -> None:
+        for greenlet in self._greenlets:
+            greenlet.kill(block=True, timeout=2)
+        # Attempts see queue.stopping and start no new delivery; let running
+        # ones record their results.
+        self.pool.join(timeout=STOP_GRACE)
+        self.pool.kill(block=True, timeout=2)
+
+    def _dispatch(self) -> None:
+        while True:
+            self.pool.wait_available()
+            if not self._heap:
+                self._wait(None)
+                continue
+            due, _, entry_id = self._heap[0]
+            if self._due.get(entry_id) != due:
+                heapq.heappop(self._heap)  # stale: rescheduled or dropped
+                continue
+            now = time.time()
+            if due > now:
+                self._wait(due - now)
+                continue
+            heapq.heappop(self._heap)
+            del self._due[entry_id]
+            self._active.add(entry_id)
+            self.pool.spawn(self._work, entry_id)
+            if self._overflow and len(self._due) < self.window // 2:
+                self._rescan.set()
+
+    def _wait(self, timeout: float | None) -> None:
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    def _work(self, entry_id: str) -> None:
+        try:
+            due = self.attempt.run(entry_id)
+        except Exception as e:
+            # A bug or an unexpected disk error: keep the entry, try later.
+            self.log.error("attempt_failed", queue_id=entry_id, error=repr(e))
+            due = time.time() + self.queue.initial_retry_time
+        finally:
+            self._active.discard(entry_id)
+        if due is not None:
+            self.schedule(entry_id, due)
+
+    def _maintain(self) -> None:
+        """Recovery, then rescans on request, on wakeup and periodically."""
+        self.queue.flush_all = in_threadpool(self.spool.flush_all_time)
+        self.scan(startup=True)
+        stamp = in_threadpool(self.spool.wakeup_stamp)
+        last_scan = time.monotonic()
+        while True:
+            self._rescan.wait(WAKEUP_POLL)
+            requested = self._rescan.is_set()
+            self._rescan.clear()
+            new_stamp = in_threadpool(self.spool.wakeup_stamp)
+            if new_stamp != stamp:
+                stamp = new_stamp
+                self.queue.flush_all = in_threadpool(self.spool.flush_all_time)
+                requested = True
+                self.log.info("wakeup", reason="gmta queue command")
+            if requested or time.monotonic() - last_scan >= RESCAN_INTERVAL:
+                self.scan(startup=False)
+                last_scan = time.monotonic()
+
+    def scan(self, startup: bool) -> None:
+        """One pass over ``tmp/`` and ``msg/``: recovery, and refill the window."""
+        for name in in_threadpool(self.spool.clean_tmp):
+            self.log.info("tmp_removed", file=name, reason="left by a crash before the 250")
+        scanner = self.spool.scan()
+        # A max-heap (negated times) of the `window` earliest entries seen.
+        earliest: list[tuple[float, str]] = []
+        total = corrupt = orphans = 0
+        min_due = self.started_at + self.queue.post_init_delay if startup else 0.0
+        while True:
+            batch = in_threadpool(_next_batch, scanner)
+            if not batch:
+                break
+            for event in batch:
+                if event.kind == "entry":
+                    record = event.record
+                    if record.held or event.id in self._active:
+                        continue
+                    total += 1
+                    due = max(self.attempt.due_time(record, self.queue.flush_all), min_due)
+                    item = (-due, event.id)
+                    if len(earliest) < self.window:
+                        heapq.heappush(earliest, item)
+                    elif item > earliest[0]:
+                        heapq.heapreplace(earliest, item)
+                elif event.kind == "corrupt":
+                    corrupt += 1
+                    self.log.error("corrupt_entry", queue_id=event.id, reason=event.reason,
+                                   moved_to=self.spool.corrupt_dir)
+                elif event.kind == "orphan":
+                    orphans += 1
+                    self.log.info("orphan_removed", queue_id=event.id,
+                                  reason="message file without record, never acknowledged")
+        self._overflow = total > len(earliest)
+        for negated, entry_id in earliest:
+            self.schedule(entry_id, -negated)
+        self.log.info("scanned", startup="yes" if startup else "no", entries=total,
+                      in_window=len(self._due), corrupt=corrupt, orphans=orphans)
+
+
+def _next_batch(scanner) -> list:
+    return list(itertools.islice(scanner, SCAN_BATCH))

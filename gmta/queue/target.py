@@ -1,0 +1,218 @@
+"""``target.queue``: keep messages on disk and deliver them to another target, with retries.
+
+Receiving (:class:`QueueDelivery`) writes the message to the spool and
+commits it durably before the endpoint answers ``250`` (DESIGN §4.1); it
+accepts all recipients or fails the whole message (the per-recipient results
+come later, from the inner target). The scheduler (:mod:`gmta.queue.scheduler`)
+then delivers to ``target``, retries temporary failures on the schedule of
+:mod:`gmta.queue.schedule`, and reports through the ``bounce`` pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+
+import time
+
+import gmta.log
+from gmta.config.module import Module, register
+from gmta.config.parser import Node
+from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Float, Int, ModuleRef,
+                                Path, read_block)
+from gmta.delivery import MessageMeta
+from gmta.durable import in_threadpool
+from gmta.errors import SMTPError
+from gmta.pipeline.pipeline import HANDLING_DIRECTIVES, Pipeline
+from gmta.queue.notify import Notifier
+from gmta.queue.record import QueuedMessage, Recipient
+from gmta.queue.schedule import DEFAULT_INITIAL_RETRY_TIME, DEFAULT_RETRY_TIME_SCALE
+from gmta.queue.scheduler import Scheduler
+from gmta.queue.store import Spool, Staged, new_id
+
+STORE_FAILED = SMTPError(451, (4, 3, 0), "Cannot queue the message now, try again later")
+
+
+def parse_bounce(node: Node, ctx) -> Pipeline:
+    """``bounce { pipeline }``: where DSNs go, read like an endpoint's pipeline."""
+    if node.children is None or node.args:
+        raise node.error("bounce: expected a block", hint="such as bounce { deliver_to &local }")
+    values = read_block(node, node.children, HANDLING_DIRECTIVES, ctx)
+    return Pipeline.from_values(values, node)
+
+
+#: Connection facts that must never reach the disk: the password a client
+#: authenticated with is kept for ``auth forward`` on synchronous targets only.
+SECRET_CONN_FACTS = frozenset({"auth_credentials"})
+
+
+def persisted_conn(conn: dict) -> dict:
+    """The connection facts the record keeps (for DSNs and ``ip`` limits after a restart):
+    JSON values only, and never the client's credentials."""
+    kept = {}
+    for key, value in conn.items():
+        if key in SECRET_CONN_FACTS:
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        kept[key] = value
+    return kept
+
+
+def _json_params(params: dict | None) -> dict:
+    """RCPT parameters as the record keeps them (JSON: lists, not sets or tuples)."""
+    params = params or {}
+    kept = {}
+    if params.get("notify"):
+        kept["notify"] = sorted(str(n) for n in params["notify"])
+    if params.get("orcpt"):
+        kind, address = params["orcpt"]
+        kept["orcpt"] = [str(kind), str(address)]
+    return kept
+
+
+class QueueDelivery:
+    """Receiving one message into the queue."""
+
+    def __init__(self, queue: "QueueTarget", meta: MessageMeta, mail_from: str):
+        self.queue = queue
+        self.meta = meta
+        self.mail_from = mail_from
+        self.rcpts: dict[str, dict] = {}
+        self.staged: Staged | None = None
+        self.committed = False
+
+    def add_rcpt(self, rcpt: str, params: dict | None = None) -> None:
+        if self.queue.stopping:
+            raise SMTPError(451, (4, 3, 2), "Queue is shutting down, try again later")
+        self.rcpts.setdefault(rcpt, _json_params(params))
+
+    def body(self, header: bytes, body) -> None:
+        queue = self.queue
+        now = time.time()
+        mail_params = {k: (str(v) if v is not None and not isinstance(v, (bool, int)) else v)
+                       for k, v in self.meta.mail_params.items()}
+        record = QueuedMessage(
+            id=new_id(), msg_id=self.meta.id, mail_from=self.mail_from,
+            recipients=[Recipient(a, p) for a, p in self.rcpts.items()],
+            header_size=len(header), size=len(header) + body.size, arrival=now,
+            mail_params=mail_params, conn=persisted_conn(self.meta.conn),
+            quarantine=self.meta.quarantine, original_rcpts=dict(self.meta.original_rcpts),
+            next_attempt=now)
+        try:
+            self.staged = in_threadpool(queue.spool.stage, record, header, body)
+        except OSError as e:
+            queue.log.error("store_failed", msg_id=self.meta.id, step="stage",
+                            error=e.strerror or str(e))
+            raise STORE_FAILED from None
+
+    def commit(self) -> None:
+        if self.staged is None or self.committed:
+            return
+        queue = self.queue
+        staged = self.staged
+        try:
+            in_threadpool(queue.spool.publish, staged)
+        except OSError as e:
+            self.staged = None  # publish undid what it could and released the lock
+            queue.log.error("store_failed", msg_id=self.meta.id, step="publish",
+                            error=e.strerror or str(e))
+            raise STORE_FAILED from None
+        self.committed = True
+        staged.lock.release()
+        queue.log.info("queued", queue_id=staged.id, msg_id=self.meta.id,
+                       sender=self.mail_from, rcpts=len(self.rcpts))
+        queue.scheduler.schedule(staged.id, time.time())
+
+    def abort(self) -> None:
+        if self.staged is not None and not self.committed:
+            staged, self.staged = self.staged, None
+            try:
+                in_threadpool(self.queue.spool.discard, staged)
+            except OSError as e:
+                self.queue.log.error("discard_failed", msg_id=self.meta.id,
+                                     error=e.strerror or str(e))
+
+
+@register
+class QueueTarget(Module):
+    name = "target.queue"
+    legacy_names = ("queue",)
+    kinds = frozenset({"target"})
+    max_inline_args = 1
+    directives = (
+        Directive("target", ModuleRef("target"), required=True,
+                  doc="where queued messages are delivered"),
+        Directive("location", Path(), doc="the queue directory (default state_dir/NAME)"),
+        Directive("max_parallelism", Int(minimum=1, maximum=10000), 16,
+                  doc="delivery attempts at once"),
+        Directive("max_tries", Int(minimum=1), 20, doc="attempts per recipient"),
+        Directive("bounce", Custom(parse_bounce, "{ pipeline }"),
+                  doc="pipeline for DSNs; without it no DSNs are sent"),
+        Directive("autogenerated_msg_domain", Domain(), inherit_global=True,
+                  doc="domain of the DSN sender MAILER-DAEMON@ and Message-ID"),
+        Directive("hostname", Domain(), inherit_global=True, doc="Reporting-MTA of DSNs"),
+        Directive("debug", Bool(), False, inherit_global=True, doc="verbose logging"),
+        Directive("initial_retry_time", Duration(), DEFAULT_INITIAL_RETRY_TIME,
+                  doc="delay after the first failed attempt"),
+        Directive("retry_time_scale", Float(minimum=1.0), DEFAULT_RETRY_TIME_SCALE,
+                  doc="growth factor of the delay"),
+        Directive("post_init_delay", Duration(), 10.0,
+                  doc="minimum delay for messages found at start-up"),
+        Directive("delay_warning", Duration(), 4 * 3600.0,
+                  doc="send a 'delayed' DSN after this long in the queue; 0 = never"),
+    )
+
+    def configure(self, cfg, ctx) -> None:
+        location = cfg.location
+        if self.inline_args:
+            if cfg.given("location"):
+                raise cfg.error("location", "give the queue directory either inline or with "
+                                            "'location', not both")
+            location = ctx.state_path(self.inline_args[0])
+        if location is None:
+            if self.is_inline:
+                raise self.node.error("an inline queue needs a directory",
+                                      hint="write 'deliver_to queue DIR { ... }' or set location")
+            location = ctx.state_path(self.instance_name)
+        self.location = location
+        self.target = cfg.target
+        self.max_parallelism = cfg.max_parallelism
+        self.max_tries = cfg.max_tries
+        self.bounce = cfg.bounce
+        self.msg_domain = cfg.autogenerated_msg_domain
+        self.hostname = cfg.hostname
+        if self.bounce is not None:
+            if self.msg_domain is None:
+                raise cfg.error("bounce", "missing required directive: autogenerated_msg_domain",
+                                hint="DSNs come from MAILER-DAEMON@DOMAIN; set it here or "
+                                     "globally")
+            if self.hostname is None:
+                raise cfg.error("bounce", "missing required directive: hostname",
+                                hint="DSNs name this server in Reporting-MTA; set it globally")
+        self.initial_retry_time = cfg.initial_retry_time
+        self.retry_time_scale = cfg.retry_time_scale
+        self.post_init_delay = cfg.post_init_delay
+        self.delay_warning = cfg.delay_warning
+        self.log = gmta.log.get("queue", debug=cfg.debug)
+        self.spool = Spool(location)
+        self.notifier = Notifier(self)
+        self.scheduler = Scheduler(self)
+        self.stopping = False
+        #: Time of the last `gmta queue flush` of the whole queue (read from disk).
+        self.flush_all = 0.0
+
+    def start_delivery(self, meta: MessageMeta, mail_from: str) -> QueueDelivery:
+        return QueueDelivery(self, meta, mail_from)
+
+    def start(self) -> None:
+        in_threadpool(self.spool.prepare)
+        self.stopping = False
+        self.scheduler.start()
+        self.log.info("queue_started", queue=self.instance_name, location=self.location)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.scheduler.stop()
+        self.log.info("queue_stopped", queue=self.instance_name)
