@@ -357,8 +357,13 @@ def _min_ttl(current: int | None, new: int | None) -> int | None:
 
 def _servers_text(error: dns.resolver.LifetimeTimeout) -> str:
     errors = error.kwargs.get("errors") or []
-    servers = sorted({str(item[0]) for item in errors}) if errors else []
+    servers = sorted({_server_text(item[0]) for item in errors}) if errors else []
     return ", ".join(servers) or "any server"
+
+
+def _server_text(server: object) -> str:
+    """dnspython's "Do53:127.0.0.1@53" as "127.0.0.1@53" (the notation of kdig and unbound)."""
+    return str(server).removeprefix("Do53:")
 
 
 def _failure_text(error: dns.resolver.NoNameservers) -> str:
@@ -370,7 +375,7 @@ def _failure_text(error: dns.resolver.NoNameservers) -> str:
         problem = item[3]
         if isinstance(problem, BaseException):
             problem = str(problem) or type(problem).__name__
-        said.append(f"{problem} from {item[0]}")
+        said.append(f"{problem} from {_server_text(item[0])}")
     return "; ".join(said) or "no server answered"
 
 

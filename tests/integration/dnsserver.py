@@ -71,6 +71,7 @@ class AuthoritativeDNS:
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self._zones: dict[str, list[str]] = {}
+        self._broken: set[str] = set()
         self._serial = 1
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "zones").mkdir(exist_ok=True)
@@ -80,6 +81,10 @@ class AuthoritativeDNS:
     def zone(self, origin: str, records: list[str]) -> None:
         """Set the records of zone *origin* (zone-file lines, names relative to it)."""
         self._zones[origin.rstrip(".").lower()] = list(records)
+
+    def broken_zone(self, origin: str) -> None:
+        """A zone the server is configured for but cannot load: it answers SERVFAIL."""
+        self._broken.add(origin.rstrip(".").lower())
 
     def ptr(self, ip: str, *names: str) -> None:
         """PTR records for a 127.0.0.0/8 address in the loopback reverse zone."""
@@ -101,9 +106,11 @@ class AuthoritativeDNS:
                      f"@ SOA ns.{origin}. hostmaster.{origin}. {self._serial} 3600 600 86400 0",
                      "@ NS ns.invalid."] + records
             (self.directory / "zones" / f"{origin}.zone").write_text("\n".join(lines) + "\n")
+        for origin in self._broken:
+            (self.directory / "zones" / f"{origin}.zone").write_text("this is not a zone file\n")
 
     def _write_config(self) -> Path:
-        zones = "".join(f"  - domain: {origin}\n" for origin in self._zones)
+        zones = "".join(f"  - domain: {origin}\n" for origin in [*self._zones, *self._broken])
         config = f"""server:
     rundir: "{self.directory}"
     listen: {self.address}@{self.port}
