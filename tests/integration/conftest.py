@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.dnsserver import dns_server, quiet_dns_server  # noqa: F401 (fixtures)
+from tests.integration.dnsserver import (dns_server, quiet_dns_server,  # noqa: F401 (fixtures)
+                                         validating_resolver)
 
 ROOT = Path(__file__).resolve().parents[2]
 GMTA = [sys.executable, str(ROOT / "bin" / "gmta")]

@@ -28,6 +28,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
@@ -72,15 +73,25 @@ class AuthoritativeDNS:
         self.proc: subprocess.Popen | None = None
         self._zones: dict[str, list[str]] = {}
         self._broken: set[str] = set()
+        self._signed: set[str] = set()
         self._serial = 1
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "zones").mkdir(exist_ok=True)
+        (self.directory / "db").mkdir(exist_ok=True)  # journal, timers, DNSSEC keys
 
     # -- zone data ------------------------------------------------------------------------
 
-    def zone(self, origin: str, records: list[str]) -> None:
-        """Set the records of zone *origin* (zone-file lines, names relative to it)."""
-        self._zones[origin.rstrip(".").lower()] = list(records)
+    def zone(self, origin: str, records: list[str], *, signed: bool = False) -> None:
+        """Set the records of zone *origin* (zone-file lines, names relative to it).
+
+        A *signed* zone is signed by knotd with keys it makes at start
+        (DNSSEC, RFC 4033–4035); :meth:`trust_anchors` gives their DNSKEYs
+        for a validating resolver (:class:`ValidatingResolver`).
+        """
+        origin = origin.rstrip(".").lower()
+        self._zones[origin] = list(records)
+        if signed:
+            self._signed.add(origin)
 
     def broken_zone(self, origin: str) -> None:
         """A zone the server is configured for but cannot load: it answers SERVFAIL."""
@@ -110,7 +121,10 @@ class AuthoritativeDNS:
             (self.directory / "zones" / f"{origin}.zone").write_text("this is not a zone file\n")
 
     def _write_config(self) -> Path:
-        zones = "".join(f"  - domain: {origin}\n" for origin in [*self._zones, *self._broken])
+        zones = "".join(f"  - domain: {origin}\n" +
+                        ("    dnssec-signing: on\n    dnssec-policy: test\n"
+                         if origin in self._signed else "")
+                        for origin in [*self._zones, *self._broken])
         config = f"""server:
     rundir: "{self.directory}"
     listen: {self.address}@{self.port}
@@ -125,6 +139,13 @@ database:
 control:
     listen: "{self.directory}/knot.sock"
     timeout: 5
+policy:
+  - id: test
+    algorithm: ecdsap256sha256
+    single-type-signing: on
+    # TTL 0 zones: signatures that stay valid for the whole test run.
+    rrsig-lifetime: 14d
+    rrsig-refresh: 7d
 template:
   - id: default
     storage: "{self.directory}/zones"
@@ -191,6 +212,18 @@ zone:
                 time.sleep(0.05)
         return True
 
+    def trust_anchors(self) -> list[str]:
+        """The DNSKEY records (as zone-file lines) of the signing keys of the signed zones."""
+        anchors = []
+        for origin in sorted(self._signed):
+            query = dns.message.make_query(origin + ".", dns.rdatatype.DNSKEY)
+            response = dns.query.udp(query, self.address, timeout=2, port=self.port)
+            for rrset in response.answer:
+                # Flags 257: a secure entry point (KSK or CSK), RFC 4034 §2.1.1.
+                anchors += [f"{origin}. DNSKEY {rdata.to_text()}" for rdata in rrset
+                            if rdata.flags == 257]
+        return anchors
+
     def soa_serial(self, origin: str) -> int | None:
         """The SOA serial the server gives for *origin*, or None if it does not answer."""
         query = dns.message.make_query(origin + ".", dns.rdatatype.SOA)
@@ -235,3 +268,136 @@ def quiet_dns_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
+
+
+class ValidatingResolver:
+    """``unbound`` validating DNSSEC for an :class:`AuthoritativeDNS`'s zones.
+
+    Every zone of the authoritative server is a stub zone here; the signed
+    ones are trusted through their keys (:meth:`AuthoritativeDNS.trust_anchors`),
+    so their answers carry the AD flag, unsigned ones do not, and a badly
+    signed one gives SERVFAIL (RFC 4035 §5.5). gmta's ``dns_servers`` points
+    at :attr:`directive`; the address is loopback, so gmta trusts its AD flag.
+    """
+
+    def __init__(self, directory: Path, authoritative: AuthoritativeDNS,
+                 address: str = "127.0.0.55", anchors: list[str] | None = None):
+        self.directory = Path(directory)
+        self.authoritative = authoritative
+        #: DNSKEY lines to trust; by default the signed zones' own keys. A test
+        #: gives other keys to make a zone bogus.
+        self.anchors = anchors
+        self.address = address
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def directive(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    def _write_config(self) -> Path:
+        auth = self.authoritative
+        zones = list(auth._zones) + sorted(auth._broken)
+        anchors = "".join(f'    trust-anchor: "{a}"\n'
+                          for a in (self.anchors if self.anchors is not None
+                                    else auth.trust_anchors()))
+        # RFC 6761 names (test., invalid.) and loopback's reverse zone are
+        # answered by unbound itself unless told otherwise.
+        nodefault = "".join(f'    local-zone: "{z}." nodefault\n'
+                            for z in ("test", "invalid", REVERSE_ZONE))
+        stubs = "".join(f'stub-zone:\n    name: "{z}."\n'
+                        f"    stub-addr: {auth.address}@{auth.port}\n" for z in zones)
+        config = f"""server:
+    interface: {self.address}@{self.port}
+    port: {self.port}
+    do-not-query-localhost: no
+    username: ""
+    chroot: ""
+    directory: "{self.directory}"
+    pidfile: "{self.directory}/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    val-log-level: 2
+    num-threads: 1
+    so-reuseport: no
+    access-control: 127.0.0.0/8 allow
+    module-config: "validator iterator"
+    # Zones change during a test: keep nothing longer than the records say.
+    cache-max-ttl: 0
+    cache-max-negative-ttl: 0
+    infra-host-ttl: 1
+{anchors}{nodefault}remote-control:
+    control-enable: no
+{stubs}"""
+        path = self.directory / "unbound.conf"
+        path.write_text(config)
+        return path
+
+    def start(self) -> "ValidatingResolver":
+        last_log = ""
+        for _ in range(START_ATTEMPTS):
+            self.port = free_port(self.address)
+            config = self._write_config()
+            log = open(self.directory / "unbound.log", "wb")
+            self.proc = subprocess.Popen([UNBOUND, "-d", "-c", str(config)],
+                                         stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+            log.close()
+            if self._wait_answering():
+                return self
+            last_log = (self.directory / "unbound.log").read_text(errors="replace")
+            self.stop()
+        raise RuntimeError(f"unbound did not start on {self.address}; its log:\n{last_log}")
+
+    def _wait_answering(self) -> bool:
+        origin = next(iter(self.authoritative._zones))
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            query = dns.message.make_query(origin + ".", dns.rdatatype.SOA)
+            try:
+                # Any answer will do, SERVFAIL included: a test may make a zone bogus.
+                dns.query.udp(query, self.address, timeout=0.5, port=self.port)
+                return True
+            except (OSError, dns.exception.Timeout):
+                pass
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        self.proc = None
+
+
+@pytest.fixture
+def validating_resolver(tmp_path, dns_server):
+    """``validating_resolver(dns_server)`` → a started ValidatingResolver (stopped at the end).
+
+    Start the authoritative ``dns_server`` with its zones first.
+    """
+    started: list[ValidatingResolver] = []
+
+    def start(authoritative: AuthoritativeDNS = dns_server,
+              anchors: list[str] | None = None) -> ValidatingResolver:
+        resolver = ValidatingResolver(tmp_path / f"unbound-{len(started)}", authoritative,
+                                      anchors=anchors)
+        started.append(resolver)
+        return resolver.start()
+
+    yield start
+    for resolver in started:
+        resolver.stop()

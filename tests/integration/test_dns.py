@@ -237,3 +237,42 @@ def test_one_shared_resolver_per_dns_servers_value(example):
     assert resolver_for(servers) is resolver_for(servers)
     assert resolver_for(servers) is not resolver_for(())
     assert resolver_for(servers).addresses("v4only.example.test").addresses == ("127.0.0.3",)
+
+
+# -- DNSSEC: the AD flag through a validating resolver (unbound) ----------------------------
+
+# A key that signs nothing here: trusting it instead of a zone's own key makes
+# the zone bogus.
+WRONG_KEY = ("DNSKEY 257 3 13 hCrsLk6CCIwyeLkJ2jD30g5lQABW/JVyaM5Wotv1vhhRLfubRndka0k4"
+             "B0SP1nX5ubnSvKiPQTL4KXBC7dhb+g==")
+
+
+@pytest.fixture
+def signed(dns_server):
+    dns_server.zone("signed.test", ["@ MX 10 mx", "mx A 127.0.0.2", "mx AAAA ::1",
+                                    "_25._tcp.mx TLSA " + TLSA_DATA], signed=True)
+    dns_server.zone("plain.test", ["@ MX 10 mx", "mx A 127.0.0.3"])
+    dns_server.start()
+    return dns_server
+
+
+def test_answers_validated_by_a_loopback_resolver_are_authenticated(signed,
+                                                                    validating_resolver):
+    unbound = validating_resolver()
+    resolver = Resolver(((unbound.address, unbound.port),))
+    for answer in (resolver.mx("signed.test"), resolver.tlsa("mx.signed.test")):
+        assert answer.records
+        assert (answer.ad, answer.loopback_resolver, answer.authenticated) == (True, True, True)
+    assert resolver.addresses("mx.signed.test").authenticated is True
+    plain = resolver.mx("plain.test")
+    assert plain.records and (plain.ad, plain.authenticated) == (False, False)
+    assert resolver.addresses("mx.plain.test").authenticated is False
+
+
+def test_bogus_zone_is_a_temporary_server_failure(signed, validating_resolver):
+    unbound = validating_resolver(anchors=["signed.test. " + WRONG_KEY])
+    resolver = Resolver(((unbound.address, unbound.port),))
+    with pytest.raises(ServerFailure, match="SERVFAIL") as caught:
+        resolver.mx("signed.test")
+    assert caught.value.temporary
+    assert resolver.mx("plain.test").records  # other zones still resolve
