@@ -159,10 +159,11 @@ class Prepared:
     recipients: list[str]
 
 
-def prepare(message: bytes, options: Options, login: str, full_name: str,
+def prepare(message: bytes, options: Options, login: str, gecos_name: str,
             hostname: str) -> Prepared:
     """Envelope and the message as submitted: recipients from -t, Bcc removed, and the
-    From, Date and Message-ID fields sendmail adds to local mail that lacks them."""
+    From, Date and Message-ID fields sendmail adds to local mail that lacks them
+    (From's name: -F, else the user's name from the password database)."""
     header, rest = split_header(message)
     fields = _fields(header)
     # An argument may hold several addresses ("a@x, b@y") or a display name.
@@ -188,7 +189,8 @@ def prepare(message: bytes, options: Options, login: str, full_name: str,
     added = []
     if b"from" not in names:
         from_address = sender or f"{login}@{hostname}"
-        added.append(f"From: {email.utils.formataddr((full_name, from_address))}\n")
+        name = options.full_name if options.full_name is not None else gecos_name
+        added.append(f"From: {email.utils.formataddr((name, from_address))}\n")
     if b"date" not in names:
         added.append(f"Date: {email.utils.formatdate(localtime=True)}\n")
     if b"message-id" not in names:
@@ -355,7 +357,7 @@ def main(argv: list[str], stdin=None, config_default: str | None = None) -> int:
         message = read_message(stdin if stdin is not None else sys.stdin.buffer,
                                options.ignore_dots)
         login, gecos = _login_and_name()
-        prepared = prepare(message, options, login, options.full_name or gecos, target.hostname)
+        prepared = prepare(message, options, login, gecos, target.hostname)
         submit(target, prepared)
     except SendmailError as e:
         print(str(e), file=sys.stderr)
