@@ -53,6 +53,7 @@ SMTP_TIMEOUT = 300.0
 _OPTSTRING = "B:b:C:d:F:f:h:iL:N:no:O:p:q:R:r:tUV:vX:"
 _HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _RECIPIENT_FIELDS = (b"to", b"cc", b"bcc")
+_LINE_END = re.compile(rb"\r\n|\n|\r")
 
 
 class SendmailError(Exception):
@@ -307,12 +308,17 @@ def submit(target: Target, prepared: Prepared, timeout: float = SMTP_TIMEOUT) ->
             for rcpt in prepared.recipients:
                 code, reply = client.rcpt(rcpt)
                 _check(code, reply, f"recipient <{rcpt}>", client, EX_NOUSER)
-            code, reply = client.data(prepared.message)
+            code, reply = client.data(to_crlf(prepared.message))
             _check(code, reply, "message", client)
     except (OSError, smtplib.SMTPException) as e:
         # The connection broke before a 250 to the data: not accepted.
         raise SendmailError(EX_TEMPFAIL, f"sendmail: connection to gmta at {where} failed: "
                                          f"{_reason(e)}; the message was not sent") from None
+
+
+def to_crlf(message: bytes) -> bytes:
+    """SMTP's line ends (RFC 5321 §2.3.8): smtplib converts str messages, not bytes."""
+    return _LINE_END.sub(b"\r\n", message)
 
 
 def _check(code: int, reply: bytes, what: str, client: smtplib.SMTP,
