@@ -163,6 +163,8 @@ def test_package_installs_runs_sends_mail_and_purges(built_deb, overlay):
     assert overlay.run("readlink", "/etc/systemd/system/multi-user.target.wants/gmta.service") \
         .strip() == "/lib/systemd/system/gmta.service"
     assert overlay.run("/usr/bin/gmta", "version").strip().startswith("gmta ")
+    # systemd's own check of the unit (syntax, settings, the executable).
+    overlay.run("systemd-analyze", "verify", "/lib/systemd/system/gmta.service")
 
     # The shipped configuration is valid once its certificate exists.
     cert, key = self_signed_pem("mx.example.org")
