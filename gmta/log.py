@@ -99,6 +99,9 @@ def reopen_files() -> int:
             try:
                 if handler.stream is not None:
                     handler.stream.close()
+                    # None, not a closed file, if the open below fails:
+                    # FileHandler.emit then tries to open it again.
+                    handler.stream = None
                 handler.stream = handler._open()
                 handler._statstream()
             finally:

@@ -109,7 +109,9 @@ def serve(config: LoadedConfig) -> int:
         # transaction cut off here was never acknowledged.
         drain = gevent.spawn(_stop_all, list(reversed(started)))
         started = []
-        second = gevent.spawn(signals.get)
+        # Only a stop signal cuts the drain short; SIGUSR1 from logrotate
+        # during a drain still just reopens the logs.
+        second = gevent.spawn(_wait_for_stop, signals)
         gevent.wait([drain, second], count=1)
         if not drain.ready():
             log.warning("stopping_now", signal=signal.Signals(second.value).name)
@@ -134,8 +136,8 @@ def _wait_for_stop(signals: Queue) -> int:
             try:
                 count = gmta.log.reopen_files()
             except OSError as e:
-                # The old file stays closed: lines go to stderr (logging's
-                # last resort) rather than nowhere until the next SIGUSR1.
+                # The old file is closed; each later line tries to open the
+                # file again (logging.FileHandler), so a fixed directory heals.
                 log.error("logs_reopen_failed", error=e.strerror or str(e),
                           path=getattr(e, "filename", None))
             else:

@@ -41,15 +41,25 @@ class Behaviour:
             raise RuntimeError(f"{phase} bug")
         if what == "signal":
             gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGTERM)
+        if what == "signal_after_hup":
+            gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGHUP)
+            gevent.spawn_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
         if what == "signal_twice":
             gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGTERM)
+        if what == "hang_usr1_then_signal":
+            gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGUSR1)
+            gevent.spawn_later(0.1, os.kill, os.getpid(), signal.SIGHUP)
+            gevent.spawn_later(0.3, os.kill, os.getpid(), signal.SIGINT)
+            gevent.sleep(30)
+            JOURNAL.append(("stop_finished", instance.instance_name))
         if what == "hang_and_signal":
             gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGINT)
             gevent.sleep(30)
             JOURNAL.append(("stop_finished", instance.instance_name))
 
 
-ACTIONS = Enum("ok", "oserror", "enoent", "bug", "signal", "signal_twice", "hang_and_signal")
+ACTIONS = Enum("ok", "oserror", "enoent", "bug", "signal", "signal_twice", "hang_and_signal",
+               "hang_usr1_then_signal", "signal_after_hup")
 
 
 class DaemonEndpoint(Module):
@@ -263,3 +273,20 @@ def test_run_as_unknown_user_is_a_config_error(tmp_path):
     with pytest.raises(ConfigErrors) as e:
         config(tmp_path, extra="run_as nobody no-such-group-gmta")
     assert [err.message for err in e.value.errors] == ["run_as: no such group: no-such-group-gmta"]
+
+
+def test_sigusr1_and_sighup_during_the_drain_do_not_cut_it_short(tmp_path, log_lines):
+    cfg = config(tmp_path, second="signal", second_stop="hang_usr1_then_signal")
+    assert serve(cfg) == process.EXIT_FORCED_STOP
+    assert events(log_lines) == ["started", "stopping", "logs_reopened", "reload_not_supported",
+                                 "stopping_now"]
+    assert any("event=stopping_now signal=SIGINT" in x for x in log_lines)
+
+
+def test_reload_signal_is_logged_and_serving_goes_on(tmp_path, log_lines):
+    cfg = config(tmp_path, second="signal_after_hup")
+    assert serve(cfg) == 0
+    assert events(log_lines) == ["started", "reload_not_supported", "stopping", "stopped"]
+    [line] = [x for x in log_lines if "reload_not_supported" in x]
+    assert line == ('module=daemon event=reload_not_supported signal=SIGHUP '
+                    'hint="restart gmta to apply a new configuration"')
