@@ -48,7 +48,7 @@ NAMESPACE_LIFETIME = 900  # seconds; the holder exits by itself if the test dies
 NOT_IN_CHECKOUT = shutil.ignore_patterns(
     ".git", ".venv", "dev-state", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",
     ".ruff_cache", ".hypothesis", ".tox", "build", "dist", ".coverage*", "htmlcov",
-    ".debhelper", "debhelper-build-stamp", "files", "*.substvars")
+    ".debhelper", "debhelper-build-stamp", "files", "*.substvars", ".pybuild", "*.debhelper")
 
 
 class Overlay:
