@@ -22,7 +22,10 @@ setup(
     install_requires=[
         "gevent>=22.10",
         "dnspython>=2.3",
-        "cryptography>=44",  # Argon2id (auth.pass_table)
+        # Argon2id (auth.pass_table) comes from cryptography >= 44 or, with
+        # Debian 12's cryptography 38, from argon2-cffi.
+        "cryptography>=38",
+        "argon2-cffi>=21.1",
         "click>=8.1",
     ],
     extras_require={

@@ -107,6 +107,22 @@ def route(config_path: str, endpoint: str | None, sender: str, rcpts: tuple[str,
     sys.exit(1 if refused else 0)
 
 
+@main.command("sendmail", context_settings={
+    "ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sendmail(args: tuple[str, ...]) -> None:
+    """Submit a message read on stdin to the running gmta, as /usr/sbin/sendmail.
+
+    Takes sendmail's flags (-t, -f ADDR, -F NAME, -i, -oi, -C FILE; other -o
+    options are ignored), not gmta's: see docs/reference/cli.md. Exits 0 once
+    gmta has the message on disk, 75 if it could not take it now.
+    """
+    import os
+
+    from gmta import sendmail as impl
+    sys.exit(impl.main(list(args), config_default=os.environ.get("GMTA_CONFIG")))
+
+
 @main.group()
 def creds() -> None:
     """Manage the users of an auth.pass_table (its table.file)."""

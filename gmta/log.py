@@ -88,6 +88,34 @@ class _Formatter(logging.Formatter):
         return line
 
 
+def reopen_files() -> int:
+    """Close and reopen every log file (SIGUSR1, after logrotate); returns how many."""
+    count = 0
+    for handler in logging.getLogger(_ROOT).handlers:
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            # Unconditionally, unlike WatchedFileHandler's own check: a file
+            # truncated or replaced in place keeps its inode and would be missed.
+            handler.acquire()
+            try:
+                if handler.stream is not None:
+                    handler.stream.close()
+                    # None, not a closed file, if the open below fails:
+                    # FileHandler.emit then tries to open it again.
+                    handler.stream = None
+                handler.stream = handler._open()
+                handler._statstream()
+            finally:
+                handler.release()
+            count += 1
+    return count
+
+
+def file_paths() -> list[str]:
+    """The files gmta currently logs to."""
+    return [handler.baseFilename for handler in logging.getLogger(_ROOT).handlers
+            if isinstance(handler, logging.handlers.WatchedFileHandler)]
+
+
 def setup(targets, debug: bool = False, stream=None) -> None:
     """Route gmta's logs to *targets* (``LogTarget`` values); an empty list is ``log off``."""
     root = logging.getLogger(_ROOT)

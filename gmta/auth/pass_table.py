@@ -4,7 +4,8 @@ The table maps each normalised user name to a self-describing hash string::
 
     alice@example.org: argon2id:v=19:m=19456:t=2:p=1:<salt>:<hash>
 
-``argon2id`` hashes are Argon2id (RFC 9106) computed by ``cryptography``;
+``argon2id`` hashes are Argon2id (RFC 9106) computed by ``cryptography``
+(44 or later) or, where it is older (Debian 12 has 38), by ``argon2-cffi``;
 the parameters are in the string, so a change of :data:`DEFAULT_PARAMS` only
 affects new passwords. ``<salt>`` (16 bytes) and ``<hash>`` (32 bytes) are
 standard base64 without padding. The fields are separated by colons, not by
@@ -79,10 +80,40 @@ def _b64decode(text: str) -> bytes:
 
 
 def _argon2id(password: bytes, salt: bytes, params: Argon2Params, length: int) -> bytes:
-    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+    try:
+        return _argon2id_cryptography(password, salt, params, length)
+    except _Unavailable:
+        return _argon2id_argon2_cffi(password, salt, params, length)
 
-    return Argon2id(salt=salt, length=length, iterations=params.iterations, lanes=params.lanes,
-                    memory_cost=params.memory_cost).derive(password)
+
+class _Unavailable(Exception):
+    """This backend cannot compute Argon2id here."""
+
+
+def _argon2id_cryptography(password: bytes, salt: bytes, params: Argon2Params,
+                           length: int) -> bytes:
+    # cryptography has Argon2id from 44 on, and only where its OpenSSL does;
+    # Debian 12 ships 38, hence the argon2-cffi fallback (same RFC 9106 output).
+    from cryptography.exceptions import UnsupportedAlgorithm
+    try:
+        from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+    except ImportError:
+        raise _Unavailable from None
+    try:
+        kdf = Argon2id(salt=salt, length=length, iterations=params.iterations,
+                       lanes=params.lanes, memory_cost=params.memory_cost)
+    except UnsupportedAlgorithm:
+        raise _Unavailable from None
+    return kdf.derive(password)
+
+
+def _argon2id_argon2_cffi(password: bytes, salt: bytes, params: Argon2Params,
+                          length: int) -> bytes:
+    from argon2.low_level import Type, hash_secret_raw
+
+    return hash_secret_raw(password, salt, time_cost=params.iterations,
+                           memory_cost=params.memory_cost, parallelism=params.lanes,
+                           hash_len=length, type=Type.ID, version=ARGON2_VERSION)
 
 
 def _encode_password(password: str | bytes) -> bytes:
@@ -166,7 +197,7 @@ def check_password(stored: str | None, password: str | bytes, params: Argon2Para
 
 
 def argon2_available() -> bool:
-    """Whether this cryptography/OpenSSL computes Argon2id (cryptography ≥ 44, OpenSSL ≥ 3.2)."""
+    """Whether Argon2id can be computed: cryptography ≥ 44 on OpenSSL ≥ 3.2, or argon2-cffi."""
     try:
         _argon2id(b"", b"\0" * SALT_BYTES, Argon2Params(8, 1, 1), 16)
     except Exception:
@@ -204,9 +235,10 @@ class PassTable(Module):
             raise self.node.error("missing required directive: table",
                                   hint="such as 'table file /etc/gmta/passwd'")
         if not argon2_available():
-            raise self.node.error("auth.pass_table needs Argon2id, which this cryptography "
-                                  "or OpenSSL does not provide",
-                                  hint="install cryptography 44 or newer with OpenSSL 3.2 or newer")
+            raise self.node.error("auth.pass_table needs Argon2id, which neither this "
+                                  "cryptography/OpenSSL nor argon2-cffi provides",
+                                  hint="install argon2-cffi (Debian: python3-argon2), or "
+                                       "cryptography 44 or newer with OpenSSL 3.2 or newer")
         self._warn_unusable(ctx)
 
     def _warn_unusable(self, ctx) -> None:

@@ -123,6 +123,27 @@ def _parse_dns_servers(node: Node, ctx: "Context") -> tuple[tuple[str, int], ...
         raise node.error(f"dns_servers: {e}") from None
 
 
+def _parse_run_as(node: Node, ctx: "Context") -> tuple[str, str | None]:
+    """``run_as USER [GROUP]``; both must exist here, so check-config catches a typo."""
+    import grp
+    import pwd
+
+    if node.children is not None or not 1 <= len(node.args) <= 2:
+        raise node.error("run_as: expected a user and optionally a group",
+                         hint="such as 'run_as gmta' or 'run_as gmta mail'")
+    user, group = node.args[0], (node.args[1] if len(node.args) == 2 else None)
+    try:
+        pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise node.error(f"run_as: no such user: {user}") from None
+    if group is not None:
+        try:
+            grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+        except KeyError:
+            raise node.error(f"run_as: no such group: {group}") from None
+    return user, group
+
+
 def _parse_dir(node: Node, ctx: "Context") -> str:
     if node.children is not None or len(node.args) != 1 or not node.args[0]:
         raise node.error(f"{node.name}: expected one directory")
@@ -149,6 +170,8 @@ GLOBAL_DIRECTIVES: tuple[Directive, ...] = (
     Directive("debug", Bool(), False, doc="verbose logging"),
     Directive("dns_servers", Custom(_parse_dns_servers, "HOST[:PORT]..."), (),
               doc="resolvers to use instead of /etc/resolv.conf"),
+    Directive("run_as", Custom(_parse_run_as, "USER [GROUP]"),
+              doc="the user (and group) gmta run becomes after binding its listeners as root"),
 )
 GLOBAL_NAMES = frozenset(d.name for d in GLOBAL_DIRECTIVES)
 

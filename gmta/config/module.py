@@ -50,6 +50,16 @@ class Module:
     def configure(self, cfg: Values, ctx: "Context") -> None:
         """Take the values read from the block; raise ConfigError on bad combinations."""
 
+    def bind(self) -> None:
+        """Take what may need root (listening sockets); called before ``gmta run`` drops root.
+
+        Every instance is bound before any starts; ``start()`` then uses what
+        was bound.
+        """
+
+    def unbind(self) -> None:
+        """Release what ``bind()`` took when ``start()`` will not run (another module failed)."""
+
     def start(self) -> None:
         """Begin work (listen, schedule); called by ``gmta run`` after loading succeeded."""
 

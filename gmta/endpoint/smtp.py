@@ -534,15 +534,33 @@ class SMTPEndpoint(Module):
         self.proxy_tls_context = None
         self.defer_sender_reject = cfg.defer_sender_reject
         self.servers = []
+        self.bound_sockets = []
         self.sessions = Group()
         self.tls_context = None
+
+    def bind(self) -> None:
+        # Possibly as root (ports below 1024); start() serves on these sockets.
+        try:
+            for address in self.addresses:
+                self.bound_sockets.append(listen.bind(address))
+        except OSError:
+            self.unbind()
+            raise
+
+    def unbind(self) -> None:
+        for sock in self.bound_sockets:
+            sock.close()
+        self.bound_sockets = []
 
     def start(self) -> None:
         self.tls_context = server_context(self.tls_config, self.hostname_ascii)
         if self.proxy_policy is not None and self.proxy_policy.tls is not None:
             self.proxy_tls_context = server_context(self.proxy_policy.tls, self.hostname_ascii)
-        for address in self.addresses:
-            server = listen.serve(address, functools.partial(self._handle, address))
+        if not self.bound_sockets:
+            self.bind()
+        sockets, self.bound_sockets = self.bound_sockets, []
+        for address, sock in zip(self.addresses, sockets, strict=True):
+            server = listen.serve(address, functools.partial(self._handle, address), sock)
             self.servers.append(server)
             self.log.info("listening", endpoint=self.instance_name,
                           address=listen.local_address(server, address))

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import dns.exception
 import dns.flags
 import dns.name
-import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
@@ -209,8 +208,11 @@ class Resolver:
     def _make_resolver(self) -> dns.resolver.Resolver:
         if self.servers:
             resolver = dns.resolver.Resolver(configure=False)
-            resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port)
-                                    for host, port in self.servers]
+            # Ports first: dnspython ≥ 2.4 turns the addresses into server
+            # objects when they are assigned. (Debian 12 has 2.3, without
+            # dns.nameserver, so the portable spelling is used.)
+            resolver.nameserver_ports = {host: port for host, port in self.servers}
+            resolver.nameservers = [host for host, _ in self.servers]
         else:
             # May raise NoResolverConfiguration, reported as a ServerFailure.
             resolver = dns.resolver.Resolver(filename=self.resolv_conf or RESOLV_CONF)

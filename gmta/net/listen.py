@@ -60,6 +60,11 @@ def _bind_unix(path: str) -> socket.socket:
     sock = socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        # Who may connect is decided by the directory's permissions, as for a
+        # loopback port anyone on the host may reach: the socket itself is
+        # open to all, or local programs (gmta sendmail run by cron for any
+        # user) could not connect to a socket bound by root or gmta.
+        os.chmod(path, 0o666)
         sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
@@ -69,9 +74,10 @@ def _bind_unix(path: str) -> socket.socket:
     return sock
 
 
-def serve(endpoint: Endpoint, handler: Callable) -> StreamServer:
-    """Bind *endpoint* and start accepting; *handler(sock, address)* runs per connection."""
-    server = StreamServer(bind(endpoint), handler)
+def serve(endpoint: Endpoint, handler: Callable, sock: socket.socket | None = None) -> StreamServer:
+    """Start accepting on *sock* (bound to *endpoint* now if None); *handler(sock, address)*
+    runs per connection."""
+    server = StreamServer(sock if sock is not None else bind(endpoint), handler)
     server.start()
     return server
 

@@ -30,13 +30,13 @@ STOP_TIMEOUT = 15.0
 class GmtaProcess:
     """A running ``gmta run`` and what it logged."""
 
-    def __init__(self, config_path: Path, env: dict | None = None):
+    def __init__(self, config_path: Path, env: dict | None = None, command: list | None = None):
         self.config_path = config_path
         self.lines: list[str] = []
         self.addresses: dict[str, str] = {}
         self._new_line = threading.Condition()
         self.proc = subprocess.Popen(
-            GMTA + ["run", "-c", str(config_path)], stdin=subprocess.DEVNULL,
+            (command or GMTA) + ["run", "-c", str(config_path)], stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **(env or {})})
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -415,3 +415,27 @@ def test_load_block_errors_are_config_errors(tmp_path):
     with pytest.raises(ConfigErrors) as e:
         load_block(str(conf), "a")
     assert str(e.value.errors[0]).startswith(f"{conf}:2: table: expected a module name")
+
+
+# -- Argon2id backends ---------------------------------------------------------------------------
+
+def test_both_argon2id_backends_compute_the_same_hash():
+    """cryptography (≥ 44) and argon2-cffi (Debian 12's fallback) are interchangeable."""
+    pytest.importorskip("cryptography.hazmat.primitives.kdf.argon2")
+    salt = bytes(range(16))
+    for params in (FAST, pt.DEFAULT_PARAMS, pt.Argon2Params(64, 3, 2)):
+        assert pt._argon2id_cryptography(b"pass word", salt, params, 32) == \
+            pt._argon2id_argon2_cffi(b"pass word", salt, params, 32)
+
+
+def test_argon2_cffi_is_used_when_cryptography_has_no_argon2id(monkeypatch):
+    """As on Debian 12 (cryptography 38): hashing and verifying still work."""
+    def no_argon2id(*args):
+        raise pt._Unavailable
+    monkeypatch.setattr(pt, "_argon2id_cryptography", no_argon2id)
+    assert pt.argon2_available() is True
+    stored = hash_password(PASSWORD, FAST)
+    assert verify_password(stored, PASSWORD) and not verify_password(stored, "wrong")
+    # maddy's argon2: hashes too (64-byte key, other parameters).
+    assert verify_password(MADDY_ARGON2, "password")
+

@@ -22,6 +22,8 @@ from gmta.config.reader import Bool, Directive, Enum, ModuleRef
 from gmta.daemon import process
 
 JOURNAL: list[tuple[str, str]] = []
+#: bind/unbind/start in the order they happened (JOURNAL keeps start/stop only).
+PHASES: list[tuple[str, str]] = []
 
 
 class Behaviour:
@@ -39,15 +41,25 @@ class Behaviour:
             raise RuntimeError(f"{phase} bug")
         if what == "signal":
             gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGTERM)
+        if what == "signal_after_hup":
+            gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGHUP)
+            gevent.spawn_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
         if what == "signal_twice":
             gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGTERM)
+        if what == "hang_usr1_then_signal":
+            gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGUSR1)
+            gevent.spawn_later(0.1, os.kill, os.getpid(), signal.SIGHUP)
+            gevent.spawn_later(0.3, os.kill, os.getpid(), signal.SIGINT)
+            gevent.sleep(30)
+            JOURNAL.append(("stop_finished", instance.instance_name))
         if what == "hang_and_signal":
             gevent.spawn_later(0.01, os.kill, os.getpid(), signal.SIGINT)
             gevent.sleep(30)
             JOURNAL.append(("stop_finished", instance.instance_name))
 
 
-ACTIONS = Enum("ok", "oserror", "enoent", "bug", "signal", "signal_twice", "hang_and_signal")
+ACTIONS = Enum("ok", "oserror", "enoent", "bug", "signal", "signal_twice", "hang_and_signal",
+               "hang_usr1_then_signal", "signal_after_hup")
 
 
 class DaemonEndpoint(Module):
@@ -64,7 +76,14 @@ class DaemonEndpoint(Module):
     def configure(self, cfg, ctx):
         self.on_start, self.on_stop = cfg.start, cfg.stop
 
+    def bind(self):
+        PHASES.append(("bind", self.instance_name))
+
+    def unbind(self):
+        PHASES.append(("unbind", self.instance_name))
+
     def start(self):
+        PHASES.append(("start", self.instance_name))
         Behaviour.act(self, "start", self.on_start)
 
     def stop(self):
@@ -83,6 +102,7 @@ def modules():
     for cls in (DaemonEndpoint, DaemonTarget):
         registry.register(cls)
     JOURNAL.clear()
+    PHASES.clear()
     yield
     for cls in (DaemonEndpoint, DaemonTarget):
         registry.unregister(cls)
@@ -91,15 +111,16 @@ def modules():
 @pytest.fixture(autouse=True)
 def _restore_signals():
     """gevent's handlers leave SIGINT/SIGTERM at SIG_DFL when cancelled: put Python's back."""
-    saved = {sig: signal.getsignal(sig) for sig in process.STOP_SIGNALS}
+    saved = {sig: signal.getsignal(sig) for sig in process.HANDLED_SIGNALS}
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
 
 
 def config(tmp_path, first="ok", target="ok", second="ok", first_stop="ok", target_stop="ok",
-           second_stop="ok"):
+           second_stop="ok", extra=""):
     text = f"""state_dir {tmp_path}/state
+{extra}
 runtime_dir {tmp_path}/run
 ut.daemon_endpoint tcp://one {{
     deliver_to &t
@@ -208,3 +229,64 @@ def test_listen_error_without_errno_is_logged_whole(tmp_path, log_lines, monkeyp
     [line] = [x for x in log_lines if "event=start_failed" in x]
     assert line == f'module=daemon event=start_failed error="cannot listen on unix://{path}: ' \
                    'AF_UNIX path too long"'
+
+
+# -- binding and run_as ------------------------------------------------------------------------
+
+def test_every_instance_is_bound_before_any_starts(tmp_path):
+    assert serve(config(tmp_path, second="signal")) == 0
+    assert PHASES == [("bind", T), ("bind", ONE), ("bind", TWO),
+                      ("start", T), ("start", ONE), ("start", TWO)]
+
+
+def test_what_was_bound_but_not_started_is_released(tmp_path):
+    assert serve(config(tmp_path, first="oserror")) == 1
+    assert PHASES[-3:] == [("start", ONE), ("unbind", ONE), ("unbind", TWO)]
+
+
+def test_run_as_without_root_is_a_start_failure(tmp_path, log_lines, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    cfg = config(tmp_path, extra="run_as nobody")
+    assert serve(cfg) == process.EXIT_START_FAILED
+    # Nothing started; every listener bound is closed again.
+    assert JOURNAL == []
+    assert PHASES == [("bind", T), ("bind", ONE), ("bind", TWO),
+                      ("unbind", T), ("unbind", ONE), ("unbind", TWO)]
+    [line] = [x for x in log_lines if "event=start_failed" in x]
+    assert line == ('module=daemon event=start_failed '
+                    'error="cannot switch to user nobody: running as uid 4242, not root"')
+
+
+def test_run_as_the_current_user_changes_nothing(tmp_path, log_lines):
+    import pwd
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert serve(config(tmp_path, second="signal", extra=f"run_as {me}")) == 0
+    assert not any("privileges_dropped" in x for x in log_lines)
+    assert "started" in events(log_lines)
+
+
+def test_run_as_unknown_user_is_a_config_error(tmp_path):
+    from gmta.errors import ConfigErrors
+    with pytest.raises(ConfigErrors) as e:
+        config(tmp_path, extra="run_as no-such-user-gmta")
+    assert [err.message for err in e.value.errors] == ["run_as: no such user: no-such-user-gmta"]
+    with pytest.raises(ConfigErrors) as e:
+        config(tmp_path, extra="run_as nobody no-such-group-gmta")
+    assert [err.message for err in e.value.errors] == ["run_as: no such group: no-such-group-gmta"]
+
+
+def test_sigusr1_and_sighup_during_the_drain_do_not_cut_it_short(tmp_path, log_lines):
+    cfg = config(tmp_path, second="signal", second_stop="hang_usr1_then_signal")
+    assert serve(cfg) == process.EXIT_FORCED_STOP
+    assert events(log_lines) == ["started", "stopping", "logs_reopened", "reload_not_supported",
+                                 "stopping_now"]
+    assert any("event=stopping_now signal=SIGINT" in x for x in log_lines)
+
+
+def test_reload_signal_is_logged_and_serving_goes_on(tmp_path, log_lines):
+    cfg = config(tmp_path, second="signal_after_hup")
+    assert serve(cfg) == 0
+    assert events(log_lines) == ["started", "reload_not_supported", "stopping", "stopped"]
+    [line] = [x for x in log_lines if "reload_not_supported" in x]
+    assert line == ('module=daemon event=reload_not_supported signal=SIGHUP '
+                    'hint="restart gmta to apply a new configuration"')

@@ -230,3 +230,27 @@ def test_syslog_target_uses_the_mail_facility(monkeypatch):
     [handler] = logging.getLogger("gmta").handlers
     # No timestamp: syslog adds its own.
     assert handler.lines == ["level=info module=m event=e"]
+
+
+def test_reopen_files_starts_a_new_file_after_a_rename(tmp_path):
+    path = tmp_path / "gmta.log"
+    gmta.log.setup([LogTarget("stderr"), LogTarget("file", str(path))], stream=io.StringIO())
+    log = gmta.log.get("t")
+    log.info("before")
+    os_rename = tmp_path / "gmta.log.1"
+    path.rename(os_rename)
+    assert gmta.log.file_paths() == [str(path)]
+    [handler] = [h for h in logging.getLogger("gmta").handlers
+                 if isinstance(h, logging.handlers.WatchedFileHandler)]
+    old_stream = handler.stream
+    assert gmta.log.reopen_files() == 1
+    # Reopened now, not at the next line as WatchedFileHandler would by itself.
+    assert old_stream.closed and handler.stream is not old_stream and path.exists()
+    log.info("after")
+    assert "event=before" in os_rename.read_text() and "event=after" not in os_rename.read_text()
+    assert "event=after" in path.read_text() and "event=before" not in path.read_text()
+
+
+def test_reopen_files_without_log_files_reopens_nothing():
+    stderr_log()
+    assert gmta.log.reopen_files() == 0 and gmta.log.file_paths() == []

@@ -1,0 +1,169 @@
+"""The process shell of the real ``gmta run``: sd_notify, SIGUSR1, SIGHUP, run_as.
+
+Each test starts ``bin/gmta run`` (tests/integration/conftest.py) and looks
+at it from outside: a datagram socket standing in for systemd, the log file
+on disk, ``/proc/PID/status``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ROOT, GmtaProcess, base_config, maildir_messages
+
+pytestmark = pytest.mark.integration
+
+MAILDIR = """
+target.maildir local_mailboxes {
+    path maildir/{domain}/{local}
+}
+smtp tcp://127.0.0.1:0 {
+    tls off
+    deliver_to &local_mailboxes
+}
+"""
+
+
+def test_systemd_hears_ready_then_stopping(start_gmta, state_dir, tmp_path):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(10)
+    with notify:
+        gmta = start_gmta(base_config(state_dir) + MAILDIR,
+                          env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+        ready = notify.recv(4096).decode()
+        assert ready == "READY=1\nSTATUS=accepting mail on 1 endpoint(s)"
+        # READY comes after the listener is bound: the port answers.
+        smtplib.SMTP("127.0.0.1", gmta.port(), timeout=10).quit()
+        assert gmta.stop() == 0
+        assert notify.recv(4096).decode() == "STOPPING=1\nSTATUS=draining open sessions"
+
+
+def test_sigusr1_reopens_the_log_file_after_rotation(start_gmta, state_dir):
+    log_file = state_dir / "gmta.log"
+    config = base_config(state_dir).replace("log stderr", f"log stderr file {log_file}")
+    gmta = start_gmta(config + MAILDIR)
+    wait_for_text(log_file, "event=started")
+    # logrotate's default: rename, then signal.
+    rotated = state_dir / "gmta.log.1"
+    os.rename(log_file, rotated)
+    gmta.proc.send_signal(signal.SIGUSR1)
+    gmta.wait_for(r"event=logs_reopened files=1")
+    wait_for_text(log_file, "event=logs_reopened files=1")
+    assert "logs_reopened" not in rotated.read_text()
+    # Later lines go to the new file, too.
+    smtplib.SMTP("127.0.0.1", gmta.port(), timeout=10).quit()
+    gmta.wait_for(r"event=connected")
+    assert gmta.stop() == 0
+    new_text = log_file.read_text()
+    assert "event=connected" in new_text and "event=stopped" in new_text
+    assert "event=connected" not in rotated.read_text()
+
+
+def test_reload_signals_are_logged_and_do_not_stop_gmta(start_gmta, state_dir):
+    gmta = start_gmta(base_config(state_dir) + MAILDIR)
+    for sig, name in ((signal.SIGHUP, "SIGHUP"), (signal.SIGUSR2, "SIGUSR2")):
+        gmta.proc.send_signal(sig)
+        gmta.wait_for(rf"event=reload_not_supported signal={name}")
+    smtplib.SMTP("127.0.0.1", gmta.port(), timeout=10).quit()
+    assert gmta.proc.poll() is None
+    assert gmta.stop() == 0
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 10.0) -> None:
+    """Wait until *path* contains *text* (stderr gets a line a moment before the file)."""
+    deadline = time.monotonic() + timeout
+    while text not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, f"{text!r} not in {path}"
+        time.sleep(0.05)
+
+
+# -- run_as -----------------------------------------------------------------------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _free_privileged_port() -> int:
+    for port in range(1023, 900, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024 on 127.0.0.1")
+
+
+@pytest.fixture
+def world_readable_dir():
+    """A directory ``nobody`` can enter (pytest's tmp_path is root's, mode 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="gmta-run-as-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_run_as_binds_a_privileged_port_then_drops_to_nobody(world_readable_dir):
+    # After the drop gmta may import lazily: the interpreter, its libraries and
+    # gmta must be readable by nobody. Debian's python3 with Debian's gevent,
+    # dnspython, cryptography, click and argon2 (the package's own setting) is;
+    # a checkout or virtualenv under /root may not be.
+    check = subprocess.run([SYSTEM_PYTHON, "-c", "import gevent, dns, cryptography, click, argon2"],
+                           capture_output=True, timeout=30)
+    if check.returncode != 0:
+        pytest.skip("Debian's python3-gevent/dnspython/cryptography/click/argon2 are not "
+                    "installed (bash tests/run installs them)")
+    code = world_readable_dir / "code"
+    shutil.copytree(ROOT / "gmta", code / "gmta", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "bin" / "gmta", code / "gmta-run")
+    state = world_readable_dir / "state"
+    port = _free_privileged_port()
+    config = world_readable_dir / "gmta.conf"
+    config.write_text(f"""hostname mx.gmta.test
+state_dir {state}
+runtime_dir {state}/run
+run_as nobody
+log stderr
+target.maildir local_mailboxes {{
+    path maildir/{{domain}}/{{local}}
+}}
+smtp tcp://127.0.0.1:{port} tcp://127.0.0.1:0 {{
+    tls off
+    deliver_to &local_mailboxes
+}}
+""")
+    nobody = pwd.getpwnam("nobody")
+    gmta = GmtaProcess(config, command=[SYSTEM_PYTHON, str(code / "gmta-run")])
+    try:
+        gmta.wait_for(r"event=started")
+        assert f"event=privileges_dropped user=nobody uid={nobody.pw_uid} " \
+               f"gid={nobody.pw_gid}" in "\n".join(gmta.lines)
+        status = Path(f"/proc/{gmta.proc.pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+        gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
+        assert gid_line.split()[1:] == [str(nobody.pw_gid)] * 4
+        # The privileged port was bound before the drop and serves after it;
+        # the Maildir is created by nobody.
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("a@gmta.test", ["bob@gmta.test"], b"Subject: drop\r\n\r\nbody\r\n")
+        [message] = maildir_messages(state, "bob@gmta.test")
+        assert b"Subject: drop" in message
+        new = state / "maildir" / "gmta.test" / "bob" / "new"
+        assert {p.stat().st_uid for p in new.iterdir()} == {nobody.pw_uid}
+        assert state.stat().st_uid == nobody.pw_uid
+    finally:
+        assert gmta.stop() == 0
+
