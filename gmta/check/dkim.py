@@ -57,6 +57,10 @@ def verify_all(message: bytes, resolver, required: list[str]) -> list[tuple[str,
         lookup = DKIMKeyLookup(resolver, KEY_LOOKUP_TIMEOUT)
         try:
             valid = verifier.verify(idx=index, dnsfunc=lookup)
+        except dkimpy.ValidationError as error:
+            # The body hash differs: a broken signature (RFC 6376 §6.1.3), not a malformed one.
+            results.append(("fail", tags, str(error)))
+            continue
         except dkimpy.DKIMException as error:
             results.append(("permerror", tags, str(error)))
             continue
