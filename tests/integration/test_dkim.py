@@ -25,28 +25,28 @@ OPENDKIM_TESTMSG = shutil.which("opendkim-testmsg")
 
 
 def signing_config(state_dir, dns) -> str:
-    return base_config(state_dir, f"tls off\ndns_servers {dns.directive}") + f"""
-target.maildir local_mailboxes {{
-    path maildir/{{domain}}/{{local}}
-}}
-smtp tcp://127.0.0.1:0 {{
-    modify {{
+    return base_config(state_dir, f"tls off\ndns_servers {dns.directive}") + """
+target.maildir local_mailboxes {
+    path maildir/{domain}/{local}
+}
+smtp tcp://127.0.0.1:0 {
+    modify {
         dkim sign.test rsa
-        dkim sign.test ed {{
+        dkim sign.test ed {
             newkey_algo ed25519
-        }}
-    }}
+        }
+    }
     deliver_to &local_mailboxes
-}}
-smtp tcp://127.0.0.2:0 {{
+}
+smtp tcp://127.0.0.2:0 {
     dmarc no
-    check {{
-        dkim {{
+    check {
+        dkim {
             broken_sig_action reject
-        }}
-    }}
+        }
+    }
     deliver_to &local_mailboxes
-}}
+}
 """
 
 
