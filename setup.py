@@ -27,6 +27,13 @@ setup(
         "cryptography>=38",
         "argon2-cffi>=21.1",
         "click>=8.1",
+        # Sender authentication (DESIGN §1.1: the field's libraries): DKIM with
+        # Ed25519 (PyNaCl), SPF, RFC 8601 fields, the public suffix list for DMARC.
+        "dkimpy>=1.1",
+        "pynacl>=1.5",
+        "pyspf>=2.0.14",
+        "authres>=1.2",
+        "publicsuffixlist>=1.0",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6", "pytest-cov>=4",

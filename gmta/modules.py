@@ -20,3 +20,10 @@ import gmta.pipeline.replace  # noqa: F401
 import gmta.table.chain  # noqa: F401
 import gmta.table.identity  # noqa: F401
 import gmta.table.regexp  # noqa: F401
+import gmta.check.authorize_sender  # noqa: F401
+import gmta.check.command  # noqa: F401
+import gmta.check.dkim  # noqa: F401
+import gmta.check.dnsbl  # noqa: F401
+import gmta.check.misc  # noqa: F401
+import gmta.check.spf  # noqa: F401
+import gmta.pipeline.dkim_sign  # noqa: F401

@@ -137,7 +137,7 @@ ENDPOINT_DIRECTIVES = (
     Directive("defer_sender_reject", Bool(), True,
               doc="apply sender-based limits and checks at the first RCPT, not at MAIL"),
     Directive("dmarc", Bool(), True,
-              doc="DMARC enforcement: parsed, waits for the sender-authentication checks"),
+              doc="enforce the sender's DMARC policy (RFC 7489) on SPF and DKIM results"),
 ) + HANDLING_DIRECTIVES
 
 
@@ -182,6 +182,14 @@ class EndpointSession:
             self.reverse_lookup = ReverseLookup(self.endpoint.resolver, ip)
 
     def helo(self, name: str, esmtp: bool) -> None:
+        # Early checks (check_helo, such as dnsbl check_early) answer EHLO itself,
+        # so a refused client cannot start a transaction (maddy E13).
+        for check in self.endpoint.pipeline.checks:
+            result = check.check_helo({"ip": self._peer_ip(), "helo": name})
+            if result.reject is not None:
+                self.log.info("helo_refused", session=self.session_id, helo=name,
+                              reply=str(result.reject))
+                raise result.reject
         self.helo_name = name
         self.esmtp = esmtp
 
@@ -216,7 +224,9 @@ class EndpointSession:
                          "smtputf8": event.smtputf8, "requiretls": event.requiretls,
                          "ret": event.ret and str(event.ret), "envid": event.envid},
             conn={"peer": _peer_text(self.peer), "helo": self.helo_name, "tls": self.tls,
-                  "proto": self._protocol_name(event.smtputf8)})
+                  "proto": self._protocol_name(event.smtputf8),
+                  # For the checks: SPF, DNSBL, authorize_sender, command placeholders.
+                  "ip": self._peer_ip(), "auth_user": self.auth_user})
         if self.auth_credentials is not None:
             # For target.smtp's "auth forward"; its repr hides the password.
             self.meta.conn["auth_credentials"] = self.auth_credentials
@@ -516,6 +526,8 @@ class SMTPEndpoint(Module):
         self.shutdown_timeout = cfg.shutdown_timeout
         self.pipeline = Pipeline.from_values(cfg, self.node)
         self.resolver = resolver_for(ctx.globals.dns_servers)
+        self.pipeline.authserv_id = self.hostname_ascii
+        self.pipeline.dmarc_resolver = self.resolver if cfg.dmarc else None
         self.auth = cfg.auth
         if self.submission and self.auth is None:
             raise self.node.error("missing required directive: auth",

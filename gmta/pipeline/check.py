@@ -9,12 +9,20 @@ answer is a :class:`CheckResult`:
 * ``reject``: an ``SMTPError`` that refuses the command of that stage;
 * ``quarantine``: the message is accepted but marked (targets that deliver to
   the outside refuse it, DESIGN §3);
-* ``header``: header fields to add at the top of the message (such as
-  ``Authentication-Results``, RFC 8601), complete lines ending in CRLF.
+* ``header``: header fields to add at the top of the message, complete
+  lines ending in CRLF;
+* ``auth``: RFC 8601 results (``authres`` objects); the pipeline merges the
+  results of every check of a message into one ``Authentication-Results``
+  field with the receiving host's name;
+* ``dmarc_deferrable``: the reject or quarantine applies only when DMARC
+  does not decide instead (SPF with ``enforce_early no``, RFC 7489 §10.1).
+
+A check that can answer before any transaction (at EHLO, maddy's "early"
+checks) overrides :meth:`Check.check_helo`; the endpoint asks its root checks.
 
 A state is used for one message only and ``close()`` is called once when the
-message is done, whatever happened. Check modules themselves (spf, dkim,
-dnsbl...) come later; this file also provides ``check { }`` blocks and the
+message is done, whatever happened. The check modules themselves live in
+``gmta.check``; this file also provides ``check { }`` blocks and the
 ``checks`` module that shares one list of checks between blocks.
 """
 
@@ -33,6 +41,8 @@ class CheckResult:
     reject: SMTPError | None = None
     quarantine: bool = False
     header: bytes = b""
+    auth: tuple = ()
+    dmarc_deferrable: bool = False
 
 
 PASS = CheckResult()
@@ -61,6 +71,10 @@ class Check(Module):
     """Base class of check modules (registered as ``check.NAME``)."""
 
     kinds = frozenset({"check"})
+
+    def check_helo(self, conn: dict) -> CheckResult:
+        """The verdict on a connection at EHLO/HELO (*conn* as in ``MessageMeta.conn``)."""
+        return PASS
 
     def check_state(self, meta: MessageMeta, mail_from: str) -> CheckState:  # pragma: no cover
         raise NotImplementedError
@@ -110,15 +124,30 @@ class CheckStates:
     """The states of one list of checks for one message, and what they said."""
 
     states: list[CheckState] = field(default_factory=list)
+    #: The RFC 8601 results the states gave, for the one Authentication-Results field.
+    auth: list = field(default_factory=list)
 
     @classmethod
     def start(cls, checks: list[Check], meta: MessageMeta, mail_from: str) -> "CheckStates":
         return cls([check.check_state(meta, mail_from) for check in checks])
 
-    def run(self, stage: str, *args, meta: MessageMeta, headers: list[bytes]) -> None:
-        """Ask every state about *stage*; raise the first rejection, keep the rest."""
+    def run(self, stage: str, *args, meta: MessageMeta, headers: list[bytes],
+            dmarc_decides=False) -> None:
+        """Ask every state about *stage*; raise the first rejection, keep the rest.
+
+        When *dmarc_decides* is true, or a function that returns true (the
+        sender's domain has a DMARC policy that DMARC enforcement will apply;
+        asked only when needed, it costs a DNS query), deferrable verdicts are
+        recorded, not acted on.
+        """
         for state in self.states:
             result = getattr(state, stage)(*args)
+            self.auth.extend(result.auth)
+            if result.dmarc_deferrable and dmarc_decides and \
+                    (not callable(dmarc_decides) or dmarc_decides()):
+                if result.header:
+                    headers.append(result.header)
+                continue
             if result.reject is not None:
                 raise result.reject
             if result.quarantine:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Directive
 from gmta.delivery import MessageMeta
+from gmta.net.dns import resolver_for
 from gmta.pipeline.pipeline import HANDLING_DIRECTIVES, Pipeline
 
 
@@ -28,13 +29,16 @@ class MsgPipeline(Module):
     kinds = frozenset({"target", "pipeline"})
     directives = HANDLING_DIRECTIVES + (
         Directive("dmarc", Bool(), False,
-                  doc="DMARC enforcement: parsed, waits for the sender-authentication checks"),
+                  doc="enforce the sender's DMARC policy (RFC 7489) on SPF and DKIM results"),
     )
 
     def configure(self, cfg, ctx) -> None:
         self.pipeline = Pipeline.from_values(cfg, self.node,
                                              f"msgpipeline {self.instance_name} "
                                              f"({self.node.location})")
+        self.pipeline.authserv_id = ctx.globals.hostname or "localhost"
+        if cfg.dmarc:
+            self.pipeline.dmarc_resolver = resolver_for(ctx.globals.dns_servers)
 
     def start_delivery(self, meta: MessageMeta, mail_from: str):
         return self.pipeline.start_delivery(meta, mail_from)

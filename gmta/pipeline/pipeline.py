@@ -142,6 +142,10 @@ class Pipeline:
     checks: list[Check] = field(default_factory=list)
     modifiers: list[Modifier] = field(default_factory=list)
     sources: Rules[SourceBlock] = field(default_factory=Rules)
+    #: The name in Authentication-Results (RFC 8601 §2.5): the endpoint's hostname.
+    authserv_id: str = "localhost"
+    #: The resolver DMARC asks for policies, or None when DMARC is not enforced.
+    dmarc_resolver: object = None
 
     @classmethod
     def from_values(cls, cfg: Values, where: Node, label: str | None = None) -> "Pipeline":

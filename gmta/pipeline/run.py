@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import gmta.log
 from gmta.delivery import Delivery, MessageMeta, PartialDeliveryError
 from gmta.errors import SMTPError, temporary_error
+from gmta.check.dmarc import Evaluation as DMARCEvaluation
+from gmta.check.results import authentication_results, remove_forged
 from gmta.pipeline.check import CheckStates
 from gmta.pipeline.modify import MAX_EXPANSION, ModifierStates
 from gmta.pipeline.pipeline import DestinationBlock, Pipeline, SourceBlock
@@ -310,8 +312,8 @@ class PipelineDelivery:
 
     def body(self, header: bytes, body) -> None:
         meta = self.meta
-        for states in self.check_states:
-            states.run("check_body", header, body, meta=meta, headers=self.headers)
+        if self._check_body(header, body):
+            header = remove_forged(header, self.pipeline.authserv_id)
         header = b"".join(self.headers) + header
         self.body_results = {}
         for td in self.targets.values():
@@ -335,6 +337,30 @@ class PipelineDelivery:
             # and the client's retry cannot duplicate anything.
             self.abort()
             raise next((e for e in failures if e.temporary), failures[0])
+
+    def _check_body(self, header: bytes, body) -> bool:
+        """Body checks, DMARC, and the one Authentication-Results field (RFC 8601).
+
+        True when the field was added: fields of the same name that came with
+        the message are then removed (RFC 8601 §5).
+        """
+        meta = self.meta
+        dmarc = None
+        if self.pipeline.dmarc_resolver is not None:
+            dmarc = DMARCEvaluation(self.pipeline.dmarc_resolver, header, meta.id)
+        for states in self.check_states:
+            states.run("check_body", header, body, meta=meta, headers=self.headers,
+                       dmarc_decides=dmarc is not None and (lambda: dmarc.policy_applies))
+        auth = [result for states in self.check_states for result in states.auth]
+        if dmarc is not None:
+            verdict = dmarc.verdict(auth)
+            auth.extend(verdict.auth)
+            if verdict.reject is not None:
+                raise verdict.reject
+            meta.quarantine = meta.quarantine or verdict.quarantine
+        if auth:
+            self.headers.insert(0, authentication_results(self.pipeline.authserv_id, auth))
+        return bool(auth)
 
     def commit(self) -> None:
         results: dict[tuple[_TargetDelivery, str], SMTPError | None] = {}

@@ -405,10 +405,10 @@ def test_msgpipeline_as_a_target(tmp_path):
     ("destination a.test {\n reject\n reroute {\n  reject\n }\n}\n"
      "default_destination {\n reject\n}",
      "r.conf:7: a block cannot both reject and deliver_to or reroute"),
-    ("check {\n spf\n}\ndeliver_to dummy",
-     "r.conf:7: unknown check module: spf (not built yet"),
-    ("modify {\n dkim\n}\ndeliver_to dummy",
-     "r.conf:7: unknown modify module: dkim (not built yet"),
+    ("check {\n rspamd\n}\ndeliver_to dummy",
+     "r.conf:7: unknown check module: rspamd"),
+    ("modify {\n no_such_modifier\n}\ndeliver_to dummy",
+     "r.conf:7: unknown modify module: no_such_modifier"),
     # The block of destination_in is the routing block: the table cannot have one.
     ("destination_in static {\n entry a b\n}\ndefault_destination {\n reject\n}",
      "r.conf:7: unexpected directive: entry"),
