@@ -33,6 +33,8 @@ from gmta.endpoint.submission_header import check_and_complete
 from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.errors import SMTPError
 from gmta.net import listen
+from gmta.net.dns import resolver_for
+from gmta.net.rdns import ReverseLookup
 from gmta.net.session import SessionDriver
 from gmta.net.tls import server_context
 from gmta.pipeline.pipeline import HANDLING_DIRECTIVES, Pipeline
@@ -166,12 +168,18 @@ class EndpointSession:
         self.sender_stage_done = False
         self.sender_error: SMTPError | None = None
         self.body_error: SMTPError | None = None
+        self.reverse_lookup: ReverseLookup | None = None
 
     # -- handler methods -------------------------------------------------------------
 
     def connected(self) -> None:
         self.log.info("connected", session=self.session_id, peer=_peer_text(self.peer),
                       endpoint=self.endpoint.instance_name)
+        ip = self._peer_ip()
+        if ip is not None and not self.endpoint.submission:
+            # Started before the greeting and taken at the Received field, so
+            # the client never waits for DNS to be greeted (maddy-behaviour §2.1).
+            self.reverse_lookup = ReverseLookup(self.endpoint.resolver, ip)
 
     def helo(self, name: str, esmtp: bool) -> None:
         self.helo_name = name
@@ -374,7 +382,8 @@ class EndpointSession:
         # Submission does not trace the sender's host (maddy's "don't trace
         # sender"): it would publish a user's home IP address in every message.
         if not self.endpoint.submission:
-            first.insert(0, f"from {helo} ([{ip}])")
+            rdns = self._reverse_name()
+            first.insert(0, f"from {helo} ({rdns + ' ' if rdns else ''}[{ip}])")
         rest = [f"(envelope-sender <{self.mail_from}>)",
                 f"with {self.meta.conn['proto']}", f"id {self.meta.id}"]
         if len(self.rcpts) == 1:
@@ -383,6 +392,15 @@ class EndpointSession:
         line = "Received: " + " ".join(first) + "\r\n\t" + " ".join(rest) + \
             f";\r\n\t{date}\r\n"
         return line.encode("utf-8")
+
+    def _reverse_name(self) -> str | None:
+        """The peer's forward-confirmed rDNS name; kept in the connection facts too."""
+        if self.reverse_lookup is None:
+            return None
+        result = self.reverse_lookup.result()
+        # For checks and DSNs later (require_matching_rdns, Received-From-MTA).
+        self.meta.conn.update(result.facts())
+        return _trace_name(result.name, False) if result.name else None
 
 
 AUTH_INVALID = SMTPError(535, (5, 7, 8), "Invalid credentials")
@@ -474,6 +492,7 @@ class SMTPEndpoint(Module):
         self.buffer_policy = cfg.buffer or default_buffer_policy(ctx)
         self.shutdown_timeout = cfg.shutdown_timeout
         self.pipeline = Pipeline.from_values(cfg, self.node)
+        self.resolver = resolver_for(ctx.globals.dns_servers)
         self.auth = cfg.auth
         if self.submission and self.auth is None:
             raise self.node.error("missing required directive: auth",

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.dnsserver import dns_server, quiet_dns_server  # noqa: F401 (fixtures)
+
 ROOT = Path(__file__).resolve().parents[2]
 GMTA = [sys.executable, str(ROOT / "bin" / "gmta")]
 START_TIMEOUT = 15.0
@@ -90,11 +92,18 @@ class GmtaProcess:
 
 
 @pytest.fixture
-def start_gmta(tmp_path):
-    """``start_gmta(config_text, listeners=N)`` → a started GmtaProcess."""
+def start_gmta(tmp_path, request):
+    """``start_gmta(config_text, listeners=N)`` → a started GmtaProcess.
+
+    A config that names no ``dns_servers`` gets the quiet test DNS server, so
+    gmta never asks the machine's resolver (no outside network here).
+    """
     started: list[GmtaProcess] = []
 
     def start(config_text: str, listeners: int = 1, env: dict | None = None) -> GmtaProcess:
+        if not re.search(r"^\s*dns_servers\b", config_text, re.MULTILINE):
+            quiet_dns = request.getfixturevalue("quiet_dns_server")
+            config_text = f"dns_servers {quiet_dns.directive}\n" + config_text
         config = tmp_path / f"gmta-{len(started)}.conf"
         config.write_text(config_text)
         process = GmtaProcess(config, env)
