@@ -33,6 +33,10 @@ class MessageMeta:
     quarantine: bool = False
     #: final recipient -> recipient as first received (before alias rewriting).
     original_rcpts: dict = field(default_factory=dict)
+    #: The header has "TLS-Required: No" (RFC 8689 §5). Set by whoever knows the
+    #: header before delivery starts (the queue, on each attempt): target.remote
+    #: then delivers without its mx_auth policies (requiretls_override).
+    tls_required_no: bool = False
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import gmta.table.file  # noqa: F401
 import gmta.table.static  # noqa: F401
 import gmta.target.dummy  # noqa: F401
 import gmta.target.maildir  # noqa: F401
+import gmta.target.remote  # noqa: F401
 import gmta.target.smtp  # noqa: F401
 import gmta.pipeline.check  # noqa: F401
 import gmta.pipeline.modify  # noqa: F401

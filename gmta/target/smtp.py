@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import secrets
 import ssl
-from collections.abc import Iterator
 
 import gmta.log
 from gmta.buffer import Buffer
@@ -34,10 +33,9 @@ from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.net import client as smtp_client
 from gmta.net.client import ConnectionFailed, SMTPClient
 from gmta.net.tls import client_context
-from gmta.proto.grammar import address_to_ascii, domain_to_ascii, xtext_encode
-
-#: Message content read from the buffer per write.
-PIECE_SIZE = 64 * 1024
+from gmta.proto.grammar import domain_to_ascii
+from gmta.target.envelope import (check_content, content_pieces, mail_parameters, peer_ip,
+                                  rcpt_parameters, server_address, temporary_552)
 
 AUTH_REQUIRED = SMTPError(530, (5, 7, 0), "Authentication is required")
 TLS_UNAVAILABLE = (4, 7, 10)   # RFC 5248: X.7.10 "Encryption needed"
@@ -59,38 +57,6 @@ def parse_auth(node, ctx) -> tuple[str, str, str]:
             raise ValueError(f"auth {mode}: expected a username and a password")
         return mode, node.args[1], node.args[2]
     raise ValueError(f"unknown method {node.args[0]!r}: expected off, plain, forward or external")
-
-
-def _is_8bit(header: bytes, body: Buffer) -> bool:
-    if max(header, default=0) > 127:
-        return True
-    with body.open() as stream:
-        while piece := stream.read(1 << 16):
-            if not piece.isascii():
-                return True
-    return False
-
-
-def _pieces(header: bytes, body: Buffer) -> Iterator[bytes]:
-    yield header
-    with body.open() as stream:
-        while piece := stream.read(PIECE_SIZE):
-            yield piece
-
-
-def _peer_ip(peer: str) -> str | None:
-    """The IP of the endpoint's ``host:port`` / ``[v6]:port`` peer text (limits' ip scope)."""
-    host, colon, _ = peer.rpartition(":")
-    if not colon:
-        return None
-    return host.strip("[]") or None
-
-
-def _temporary_552(error: SMTPError) -> SMTPError:
-    """RFC 5321 §4.5.3.1.10: a 552 to RCPT means "too many recipients", i.e. 452."""
-    if error.code != 552:
-        return error
-    return SMTPError(452, (4, *error.enhanced[1:]), error.text)
 
 
 class ForwardDelivery:
@@ -116,8 +82,8 @@ class ForwardDelivery:
 
     def start(self) -> None:
         target = self.target
-        peer_ip = _peer_ip(self.meta.conn.get("peer", ""))
-        self.leases.append(target.limits.take(ip=peer_ip, source=domain_of(self.mail_from)))
+        client_ip = peer_ip(self.meta.conn.get("peer", ""))
+        self.leases.append(target.limits.take(ip=client_ip, source=domain_of(self.mail_from)))
         try:
             self.client = target.open_session(self.meta, self.session_id)
             self._mail()
@@ -127,30 +93,12 @@ class ForwardDelivery:
 
     def _mail(self) -> None:
         client = self.client
-        params: dict[str, str | None] = {}
-        mail_params = self.meta.mail_params
-        wants_utf8 = bool(mail_params.get("smtputf8")) or not self.mail_from.isascii()
-        # RFC 6531 §3.4: SMTPUTF8 goes on to a server that has it; otherwise the
-        # addresses are converted to A-label domains, and a non-ASCII local part
-        # cannot be (553 5.6.7), as maddy does (maddy-behaviour §2.5).
-        self.smtputf8 = wants_utf8 and client.supports("SMTPUTF8")
-        if self.smtputf8:
-            params["SMTPUTF8"] = None
-        body_type = (mail_params.get("body") or "").upper()
-        self.declared_8bit = body_type in ("8BITMIME", "BINARYMIME")
-        if self.declared_8bit and client.supports("8BITMIME"):
-            params["BODY"] = "8BITMIME"   # RFC 6152 §2 (BINARYMIME travels as 8BITMIME)
-        size = mail_params.get("size")
-        if size and client.supports("SIZE"):
-            params["SIZE"] = str(size)   # RFC 1870 §6
-        if mail_params.get("requiretls"):
+        chosen = mail_parameters(client, self.meta.mail_params, self.mail_from)
+        params = chosen.params
+        self.smtputf8 = chosen.smtputf8
+        self.declared_8bit = chosen.declared_8bit
+        if self.meta.mail_params.get("requiretls"):
             self._requiretls(params)
-        if client.supports("DSN"):
-            # RFC 3461 §4: the DSN parameters go on to a server that understands them.
-            if mail_params.get("ret"):
-                params["RET"] = str(mail_params["ret"])
-            if mail_params.get("envid"):
-                params["ENVID"] = xtext_encode(mail_params["envid"])
         sender = self._address(self.mail_from, sender=True)
         try:
             client.mail(sender, params)
@@ -171,27 +119,14 @@ class ForwardDelivery:
                                              "does not offer it over TLS")
 
     def _address(self, address: str, *, sender: bool = False) -> str:
-        if self.smtputf8 or address.isascii() or not address:
-            return address
-        try:
-            return address_to_ascii(address)
-        except SMTPError as error:
-            code = 550 if sender else 553
-            raise SMTPError(code, (5, 6, 7), f"SMTPUTF8 is unsupported by the downstream "
-                                             f"server: {error.text}") from None
+        return server_address(address, self.smtputf8, sender=sender)
 
     def add_rcpt(self, rcpt: str, params: dict | None = None) -> None:
         if self.client is None or not self.client.usable:
             raise SMTPError(451, (4, 4, 2), "Connection to the downstream server was lost")
         params = params or {}
         downstream = self._address(rcpt)
-        rcpt_params: dict[str, str | None] = {}
-        if self.client.supports("DSN"):
-            if params.get("notify"):
-                rcpt_params["NOTIFY"] = ",".join(params["notify"])
-            if params.get("orcpt"):
-                addr_type, original = params["orcpt"]
-                rcpt_params["ORCPT"] = f"{addr_type};{xtext_encode(original)}"
+        rcpt_params = rcpt_parameters(self.client, params)
         domain = domain_of(rcpt)
         if domain not in self.destinations and self.target.limits.has_scope("destination"):
             self.leases.append(self.target.limits.take_destination(domain))
@@ -199,7 +134,7 @@ class ForwardDelivery:
         try:
             self.client.rcpt(downstream, rcpt_params)
         except SMTPError as error:
-            error = _temporary_552(error)
+            error = temporary_552(error)
             self.log.info("rcpt_refused", msg_id=self.meta.id, session=self.session_id,
                           target=self.client.peer, rcpt=rcpt, reply=str(error))
             raise error from None
@@ -211,19 +146,9 @@ class ForwardDelivery:
             raise SMTPError(451, (4, 4, 2), "Connection to the downstream server was lost")
         if not self.rcpts:
             raise SMTPError(554, (5, 5, 1), "No valid recipients")
-        # RFC 6152 §3: 8-bit content to a server without 8BITMIME must be converted
-        # or returned; gmta does not convert (RFC 3463 X.6.3: conversion required
-        # but not supported).
-        if self.declared_8bit and not client.supports("8BITMIME") and _is_8bit(header, body):
-            raise SMTPError(554, (5, 6, 3), "8-bit content, but the downstream server does "
-                                            "not support 8BITMIME")
-        limit = client.machine.max_message_size
-        size = len(header) + body.size
-        if limit is not None and size > limit:
-            raise SMTPError(552, (5, 3, 4), f"Message too big for the downstream server "
-                                            f"({size} > {limit} bytes)")
+        check_content(client, self.declared_8bit, header, body)
         try:
-            responses = client.send_content(_pieces(header, body))
+            responses = client.send_content(content_pieces(header, body))
         except SMTPError as error:
             self.log.info("message_refused", msg_id=self.meta.id, session=self.session_id,
                           target=client.peer, reply=str(error))

@@ -42,8 +42,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_banner(address, timeout: float = READY_TIMEOUT, process=None) -> None:
-    """Wait until *address* (host, port) or a unix path answers with a 220 line."""
+def wait_for_banner(address, timeout: float = READY_TIMEOUT, process=None,
+                    expect: bytes = b"220") -> None:
+    """Wait until *address* (host, port) or a unix path answers with a 220 line
+    (or the code in *expect*, for a peer scripted to refuse at the greeting)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -54,7 +56,7 @@ def wait_for_banner(address, timeout: float = READY_TIMEOUT, process=None) -> No
             with socket.socket(family, socket.SOCK_STREAM) as sock:
                 sock.settimeout(2)
                 sock.connect(address)
-                if sock.recv(512).startswith(b"220"):
+                if sock.recv(512).startswith(expect):
                     return
         except OSError as e:
             last = e
@@ -92,13 +94,15 @@ def _stop(process: subprocess.Popen) -> None:
 class SmtpSink:
     """``smtp-sink`` (Postfix) on 127.0.0.1:port, dumping each message to ``dump_dir``."""
 
-    def __init__(self, *options: str, host: str = "127.0.0.1", lmtp: bool = False):
+    def __init__(self, *options: str, host: str = "127.0.0.1", lmtp: bool = False,
+                 port: int | None = None, banner: bytes = b"220"):
         self.dir = world_dir("gmta-sink-")
         self.dump_dir = self.dir / "dump"
         self.dump_dir.mkdir()
         self.dump_dir.chmod(0o777)
         self.host = host
-        self.port = free_port()
+        # A given port lets several sinks on 127.0.0.x share one (target.remote's smtp_port).
+        self.port = port or free_port()
         command = [_need("smtp-sink"), "-h", "sink.test", "-d", f"{self.dump_dir}/msg."]
         if lmtp:
             command.append("-L")
@@ -108,7 +112,7 @@ class SmtpSink:
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            wait_for_banner((host, self.port), process=self.process)
+            wait_for_banner((host, self.port), process=self.process, expect=banner)
         except AssertionError:
             self.stop()
             raise

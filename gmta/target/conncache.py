@@ -1,0 +1,184 @@
+"""Idle SMTP sessions kept for the next message to the same destination (maddy #235).
+
+A session goes back into the cache after a successful transaction while it has
+done fewer than ``conn_reuse_limit`` transactions, and comes out for the next
+message with the same *key*. The key is the target's business; ``target.remote``
+makes it from the recipient domain, the local address and the security
+requirement of the message, so a session admitted under one policy is never
+handed to a message that needs another.
+
+Bounds and clean-up:
+
+- at most ``max_idle_per_key`` idle sessions per key and ``max_idle_total``
+  overall; beyond that the oldest are closed;
+- a session idle for ``max_idle_time`` is useless: the remote server has
+  probably hung up (RFC 5321 §4.5.3.2.7 lets it after 5 minutes; Office 365
+  does much sooner, maddy #693). A reaper greenlet says QUIT to each idle
+  session *before* it reaches that age, so none is ever found dead;
+- a session taken out is checked with NOOP first (RFC 5321 §4.1.1.9); one that
+  does not answer 250 is closed and the next is tried.
+
+Closing says QUIT (bounded by the client's QUIT timeout) and never raises.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import gevent
+
+import gmta.log
+from gmta.errors import SMTPError
+
+#: The reaper runs at least this often; a session is closed when it would pass
+#: max_idle_time before the next run.
+MAX_REAP_INTERVAL = 15.0
+MIN_REAP_INTERVAL = 0.1
+#: Idle sessions overall (file descriptors and remote server slots).
+DEFAULT_MAX_IDLE_TOTAL = 1000
+
+
+class _Idle:
+    __slots__ = ("key", "connection", "since")
+
+    def __init__(self, key: Hashable, connection: Any, since: float):
+        self.key = key
+        self.connection = connection
+        self.since = since
+
+
+class ConnectionCache:
+    """Idle sessions by key. *connection* objects have a ``client`` (an SMTPClient)."""
+
+    def __init__(self, *, max_idle_per_key: int, max_idle_time: float,
+                 max_idle_total: int = DEFAULT_MAX_IDLE_TOTAL,
+                 clock: Callable[[], float] = time.monotonic,
+                 log: gmta.log.EventLogger | None = None):
+        self.max_idle_per_key = max_idle_per_key
+        self.max_idle_time = max_idle_time
+        self.max_idle_total = max_idle_total
+        self.clock = clock
+        self.log = log or gmta.log.get("conncache")
+        # Oldest first, over every key (for the global bound and the reaper);
+        # the per-key lists hold the same entries, newest last.
+        self._all: OrderedDict[int, _Idle] = OrderedDict()
+        self._by_key: dict[Hashable, list[_Idle]] = {}
+        self._reaper: gevent.Greenlet | None = None
+        self._closed = False
+
+    # --- Counting. ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def idle(self, key: Hashable) -> int:
+        return len(self._by_key.get(key, ()))
+
+    @property
+    def reap_interval(self) -> float:
+        return min(MAX_REAP_INTERVAL, max(MIN_REAP_INTERVAL, self.max_idle_time / 5))
+
+    # --- Taking and giving back. ----------------------------------------------------------
+
+    def take(self, key: Hashable) -> Any | None:
+        """The most recently used healthy session for *key*, or None."""
+        while True:
+            entry = self._pop_newest(key)
+            if entry is None:
+                return None
+            client = entry.connection.client
+            if not client.usable or self.clock() - entry.since >= self.max_idle_time:
+                self._close(entry, "expired")
+                continue
+            try:
+                client.noop()   # the health check: is the session still there?
+            except SMTPError as error:
+                self.log.debug("cached_session_dead", key=_key_text(key), peer=client.peer,
+                               reply=str(error))
+                client.close()
+                continue
+            return entry.connection
+
+    def put(self, key: Hashable, connection: Any) -> None:
+        """Keep *connection* idle under *key* (or close it when it cannot be kept)."""
+        client = connection.client
+        if self._closed or self.max_idle_per_key <= 0 or not client.usable:
+            client.quit()
+            return
+        entry = _Idle(key, connection, self.clock())
+        self._all[id(entry)] = entry
+        self._by_key.setdefault(key, []).append(entry)
+        entries = self._by_key[key]
+        while len(entries) > self.max_idle_per_key:
+            self._close(self._remove(entries[0]), "too_many_for_key")
+        while len(self._all) > self.max_idle_total:
+            self._close(self._remove(next(iter(self._all.values()))), "too_many")
+        self._ensure_reaper()
+
+    def close_all(self) -> None:
+        """QUIT every idle session and stop the reaper (the target is stopping)."""
+        self._closed = True
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.kill(block=False)
+        for entry in list(self._all.values()):
+            self._close(self._remove(entry), "stopping")
+
+    def reopen(self) -> None:
+        self._closed = False
+
+    # --- Expiry. ------------------------------------------------------------------------
+
+    def reap(self) -> int:
+        """Close the sessions that would be idle too long before the next run; how many."""
+        deadline = self.clock() - (self.max_idle_time - self.reap_interval)
+        closed = 0
+        while self._all:
+            oldest = next(iter(self._all.values()))
+            if oldest.since > deadline:
+                break
+            self._close(self._remove(oldest), "idle")
+            closed += 1
+        return closed
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.dead:
+            self._reaper = gevent.spawn(self._reap_forever)
+
+    def _reap_forever(self) -> None:
+        while self._all:
+            gevent.sleep(self.reap_interval)
+            self.reap()
+        self._reaper = None
+
+    # --- Internals. ---------------------------------------------------------------------
+
+    def _pop_newest(self, key: Hashable) -> _Idle | None:
+        entries = self._by_key.get(key)
+        if not entries:
+            return None
+        return self._remove(entries[-1])
+
+    def _remove(self, entry: _Idle) -> _Idle:
+        self._all.pop(id(entry), None)
+        entries = self._by_key.get(entry.key)
+        if entries is not None:
+            entries.remove(entry)
+            if not entries:
+                del self._by_key[entry.key]
+        return entry
+
+    def _close(self, entry: _Idle, reason: str) -> None:
+        client = entry.connection.client
+        self.log.debug("cached_session_closed", key=_key_text(entry.key), peer=client.peer,
+                       reason=reason, idle=f"{self.clock() - entry.since:.1f}s")
+        client.quit()
+
+
+def _key_text(key: Hashable) -> str:
+    if isinstance(key, tuple):
+        return "/".join(str(part) for part in key)
+    return str(key)
