@@ -11,6 +11,7 @@ remote, smtp, lmtp, maildir and dummy are targets.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -53,6 +54,18 @@ class ClientCredentials:
 
     def __str__(self) -> str:
         return f"<credentials of {self.username}>"
+
+
+_TLS_REQUIRED_NO = re.compile(rb"(?im)^TLS-Required[ \t]*:[ \t]*No[ \t]*\r?$")
+
+
+def tls_required_no(header: bytes) -> bool:
+    """Whether the header has a ``TLS-Required: No`` field (RFC 8689 §5).
+
+    The queue sets ``MessageMeta.tls_required_no`` from it before each
+    attempt, so that target.remote knows it before it chooses a connection.
+    """
+    return _TLS_REQUIRED_NO.search(header) is not None
 
 
 class PartialDeliveryError(SMTPError):

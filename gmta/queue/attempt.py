@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from gmta.delivery import MessageMeta, PartialDeliveryError
+from gmta.delivery import MessageMeta, PartialDeliveryError, tls_required_no
 from gmta.durable import in_threadpool
 from gmta.errors import SMTPError
 from gmta.queue.record import DELIVERED, FAILED, PENDING, CorruptRecord, QueuedMessage
@@ -48,7 +48,8 @@ def deliver_once(target, record: QueuedMessage, header: bytes, body,
     pending = record.pending()
     meta = MessageMeta(id=record.msg_id, mail_params=dict(record.mail_params),
                        conn=dict(record.conn), quarantine=record.quarantine,
-                       original_rcpts=dict(record.original_rcpts))
+                       original_rcpts=dict(record.original_rcpts),
+                       tls_required_no=tls_required_no(header))
     results: dict[str, SMTPError | None] = {}
     try:
         delivery = target.start_delivery(meta, record.mail_from)

@@ -26,7 +26,6 @@ Remote refusals keep the server's codes, with its name in the text
 from __future__ import annotations
 
 import ipaddress
-import re
 import ssl
 from collections.abc import Callable
 
@@ -40,7 +39,7 @@ from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, ModuleRef
 from gmta.config.tls import TLSClientConfig, parse_client_tls
 from gmta.config.values import parse_duration
-from gmta.delivery import MessageMeta, PartialDeliveryError
+from gmta.delivery import MessageMeta, PartialDeliveryError, tls_required_no
 from gmta.errors import SMTPError
 from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.net import client as smtp_client
@@ -61,14 +60,6 @@ MAX_DOMAINS_PER_MESSAGE = 256
 QUARANTINED = SMTPError(550, (5, 7, 0), "Refusing to deliver a quarantined message")
 
 # RFC 8689 §5: "TLS-Required: No" asks to deliver even when the policies would not.
-_TLS_REQUIRED_NO = re.compile(rb"(?im)^TLS-Required[ \t]*:[ \t]*No[ \t]*\r?$")
-
-
-def tls_required_no(header: bytes) -> bool:
-    """Whether the header has a ``TLS-Required: No`` field (RFC 8689 §5)."""
-    return _TLS_REQUIRED_NO.search(header) is not None
-
-
 def remote_error(mx: str, error: SMTPError) -> SMTPError:
     """A server's refusal, with its name in the text so a DSN says who refused."""
     return SMTPError(error.code, error.enhanced, f"{mx} said: {error.text}", misc=error.misc)

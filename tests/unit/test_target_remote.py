@@ -9,7 +9,7 @@ from gmta.config.loader import load_block
 from gmta.errors import ConfigErrors, SMTPError
 from gmta.net.client import ConnectionFailed
 from gmta.target.mxwalk import Failure, walk_error
-from gmta.target.remote import tls_required_no
+from gmta.delivery import tls_required_no
 from gmta.target.security import NO_POLICY, MXLevel, TLSLevel, parse_level
 
 

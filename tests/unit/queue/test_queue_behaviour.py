@@ -47,6 +47,17 @@ def test_q1_success_commits_once_with_all_recipients_and_empties_the_queue(queue
     assert len(target.attempts) == 1
 
 
+def test_each_attempt_tells_the_target_about_tls_required_no(queues):
+    # RFC 8689 §5: target.remote must know before it picks a connection.
+    target = ScriptedTarget({}, {})
+    queue = queues(target)
+    submit(queue, ["a@d.test"], header=b"Subject: x\r\nTLS-Required: No\r\n\r\n")
+    submit(queue, ["b@d.test"])
+    settle(queue)
+    flags = {tuple(a.rcpts): a.meta.tls_required_no for a in target.attempts}
+    assert flags == {("a@d.test",): True, ("b@d.test",): False}
+
+
 def test_q2_permanent_body_failure_aborts_without_retry(queues):
     target = ScriptedTarget({"body": PERM})
     queue = queues(target)
