@@ -77,6 +77,15 @@ local_policy, TLS level below min_tls_level      451 4.7.1       451 4.7.1
 REQUIRETLS not satisfiable                       550 5.7.30      550 5.7.30
 ==============================================  ==============  ==================
 
+target.remote on branch ``remote`` already has a hook protocol
+(``gmta/target/security.py``: ``start(meta)`` → ``prepare_domain``,
+``check_mx(candidate, level)``, ``check_conn(facts)``, ``close``).
+``MXAuth.start(meta)`` returns :class:`~gmta.mxauth.remote_hook.RemoteHook`,
+which speaks that protocol over the same :class:`MessagePolicy`; with it the
+target keeps its own REQUIRETLS and ``TLS-Required: No`` handling. Its facts
+should carry the whole peer chain (:func:`peer_chain`), not only the leaf,
+or DANE-TA cannot match.
+
 Layering: this package imports the config, net and log layers only; the
 remote target imports it.
 """

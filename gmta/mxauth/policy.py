@@ -308,6 +308,17 @@ class MXAuth(Module):
     def for_message(self, **kw) -> MessagePolicy:
         return self.policy_set.for_message(**kw)
 
+    def start(self, meta=None):
+        """Module life cycle without *meta*; with it, target.remote's hook (remote_hook.py).
+
+        The hook's caller has already applied ``TLS-Required: No`` and checks
+        REQUIRETLS itself, so neither is repeated here.
+        """
+        if meta is None:
+            return None
+        from gmta.mxauth.remote_hook import RemoteHook
+        return RemoteHook(self.policy_set.for_message(msg_id=getattr(meta, "id", None)))
+
 
 #: The directive target.remote declares: ``mx_auth { ... }`` or ``mx_auth &NAME``.
 MX_AUTH_DIRECTIVE = Directive("mx_auth", ModuleRef("mx_auth", block_module="mx_auth"),
