@@ -7,6 +7,7 @@ import os
 import ssl
 import tempfile
 
+import gevent.ssl
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -73,9 +74,14 @@ def server_context(config: TLSServerConfig, hostname: str) -> ssl.SSLContext | N
     return context
 
 
-def client_context(config: TLSClientConfig | None, verify: bool = True) -> ssl.SSLContext:
-    """A client context; *verify* False still encrypts (opportunistic STARTTLS)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+def client_context(config: TLSClientConfig | None, verify: bool = True, *,
+                   cooperative: bool = False) -> ssl.SSLContext:
+    """A client context; *verify* False still encrypts (opportunistic STARTTLS).
+
+    *cooperative* makes gevent's context, whose sockets yield to the hub even
+    in a process that is not monkey-patched (tools, the test suite).
+    """
+    context = (gevent.ssl.SSLContext if cooperative else ssl.SSLContext)(ssl.PROTOCOL_TLS_CLIENT)
     config = config or TLSClientConfig()
     _apply_settings(context, config.settings)
     if config.root_cas:

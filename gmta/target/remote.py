@@ -34,7 +34,6 @@ import gevent.pool
 
 import gmta.log
 from gmta.buffer import Buffer
-from gmta.config import module as registry
 from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, ModuleRef
 from gmta.config.tls import TLSClientConfig, parse_client_tls
@@ -310,18 +309,8 @@ def parse_local_ip(node, ctx) -> str:
 
 
 def parse_mx_auth(node, ctx):
-    """``mx_auth { ... }`` or ``mx_auth &name``: the policies (gmta/mxauth).
-
-    Until the mx_auth module exists, only an empty block (no policies) is accepted,
-    so a maddy configuration that names policies fails instead of silently
-    delivering without them.
-    """
-    if registry.lookup("mx_auth") is not None:
-        return ModuleRef("mx_auth", block_module="mx_auth").parse(node, ctx)
-    if not node.args and not node.children:
-        return None
-    raise ValueError("the mx_auth policies (mtasts, dane, dnssec, local_policy) are not "
-                     "built yet (issue 8): remove them or leave 'mx_auth { }' empty")
+    """``mx_auth { ... }`` or ``mx_auth &name``: the policies (gmta/mxauth)."""
+    return ModuleRef("mx_auth", block_module="mx_auth").parse(node, ctx)
 
 
 @register

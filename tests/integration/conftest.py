@@ -20,6 +20,8 @@ import pytest
 
 from tests.integration.dnsserver import (dns_server, quiet_dns_server,  # noqa: F401 (fixtures)
                                          validating_resolver)
+from tests.integration.dnssec import signed_dns, signed_zone_resolver  # noqa: F401 (fixtures)
+from tests.integration.mxauth_world import world  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 GMTA = [sys.executable, str(ROOT / "bin" / "gmta")]

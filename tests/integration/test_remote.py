@@ -475,3 +475,15 @@ def test_destination_limit_waits_and_times_out(remote, smtp_sink, port):
     second.abort()
     first.abort()
     assert target.limits.state()["destination"]["in_use"] == 0
+
+
+# --- mx_auth policies acting inside target.remote (issue 8 through issue 7). -----------
+
+def test_local_policy_refuses_a_plaintext_mx_and_says_which_policy(remote, smtp_sink, port):
+    smtp_sink(host="127.0.0.3", port=port)   # no STARTTLS: TLS level none
+    strict = remote("mx_auth {\n local_policy {\n  min_tls_level encrypted\n }\n}")
+    [error] = deliver(strict, ["b@one.remote.test"]).values()
+    assert error is not None and error.temporary
+    assert "local_policy" in error.text
+    relaxed = remote("mx_auth {\n local_policy off\n}")
+    assert deliver(relaxed, ["b@one.remote.test"]) == {"b@one.remote.test": None}

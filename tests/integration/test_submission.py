@@ -9,6 +9,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,12 @@ def test_a_queued_authenticated_message_keeps_no_password_on_disk(submission, st
     gmta = submission(through_queue=f"target.smtp tcp://127.0.0.1:{port}")
     result = swaks(gmta.port(), "--auth", "PLAIN", "--header", "Subject: queued")
     assert result.returncode == 0, result.stdout + result.stderr
-    gmta.wait_for(r"event=deferred|event=retry|event=temporary")
+    gmta.wait_for(r"event=deferred")
+    # The record of the attempt is written after the log line: wait for its rename.
+    deadline = time.monotonic() + 10
+    while os.listdir(state_dir / "q" / "tmp"):
+        assert time.monotonic() < deadline, "the queue record update never finished"
+        time.sleep(0.05)
     files = [Path(root) / name for root, _, names in os.walk(state_dir / "q") for name in names]
     records = [f for f in files if f.suffix == ".meta"]
     assert len(records) == 1
