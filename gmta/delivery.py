@@ -38,15 +38,17 @@ class MessageMeta:
     #: header before delivery starts (the queue, on each attempt): target.remote
     #: then delivers without its mx_auth policies (requiretls_override).
     tls_required_no: bool = False
+    #: What the client authenticated with, for target.smtp's ``auth forward``.
+    #: Kept apart from ``conn`` because it is a secret: a queue persists
+    #: ``conn`` and never this, so forwarding works on synchronous paths only.
+    credentials: "ClientCredentials | None" = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class ClientCredentials:
-    """What a client authenticated with, kept in ``MessageMeta.conn["auth_credentials"]``
-    for target.smtp's ``auth forward``.
+    """What a client authenticated with (``MessageMeta.credentials``).
 
-    The password never appears in a repr or str (logs are data, DESIGN §4.7), and
-    this object is not to be persisted (a queue stores the rest of ``conn``).
+    The password never appears in a repr or str (logs are data, DESIGN §4.7).
     """
 
     username: str

@@ -226,10 +226,8 @@ class EndpointSession:
             conn={"peer": _peer_text(self.peer), "helo": self.helo_name, "tls": self.tls,
                   "proto": self._protocol_name(event.smtputf8),
                   # For the checks: SPF, DNSBL, authorize_sender, command placeholders.
-                  "ip": self._peer_ip(), "auth_user": self.auth_user})
-        if self.auth_credentials is not None:
-            # For target.smtp's "auth forward"; its repr hides the password.
-            self.meta.conn["auth_credentials"] = self.auth_credentials
+                  "ip": self._peer_ip(), "auth_user": self.auth_user},
+            credentials=self.auth_credentials)
         # Routing and delivery see one spelling of each address: U-label
         # domains, lower case, NFC (maddy-behaviour §2.1).
         self.mail_from = normalize_address(event.address, sender=True) if event.address else ""

@@ -10,7 +10,6 @@ then delivers to ``target``, retries temporary failures on the schedule of
 
 from __future__ import annotations
 
-import json
 
 import time
 
@@ -38,26 +37,6 @@ def parse_bounce(node: Node, ctx) -> Pipeline:
         raise node.error("bounce: expected a block", hint="such as bounce { deliver_to &local }")
     values = read_block(node, node.children, HANDLING_DIRECTIVES, ctx)
     return Pipeline.from_values(values, node)
-
-
-#: Connection facts that must never reach the disk: the password a client
-#: authenticated with is kept for ``auth forward`` on synchronous targets only.
-SECRET_CONN_FACTS = frozenset({"auth_credentials"})
-
-
-def persisted_conn(conn: dict) -> dict:
-    """The connection facts the record keeps (for DSNs and ``ip`` limits after a restart):
-    JSON values only, and never the client's credentials."""
-    kept = {}
-    for key, value in conn.items():
-        if key in SECRET_CONN_FACTS:
-            continue
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            continue
-        kept[key] = value
-    return kept
 
 
 def _json_params(params: dict | None) -> dict:
@@ -97,7 +76,7 @@ class QueueDelivery:
             id=new_id(), msg_id=self.meta.id, mail_from=self.mail_from,
             recipients=[Recipient(a, p) for a, p in self.rcpts.items()],
             header_size=len(header), size=len(header) + body.size, arrival=now,
-            mail_params=mail_params, conn=persisted_conn(self.meta.conn),
+            mail_params=mail_params, conn=dict(self.meta.conn),
             quarantine=self.meta.quarantine, original_rcpts=dict(self.meta.original_rcpts),
             next_attempt=now)
         try:

@@ -359,7 +359,7 @@ class SMTPTarget(Module):
         if mode == "external":
             client.auth("EXTERNAL")
         elif mode == "forward":
-            credentials = meta.conn.get("auth_credentials")
+            credentials = meta.credentials
             if credentials is None:
                 raise AUTH_REQUIRED
             client.auth("PLAIN", credentials.username, credentials.password)
