@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from gmta.errors import SMTPError
+from gmta.proto.grammar import domain_to_unicode
+
 #: Where Debian's ``publicsuffix`` package puts the list.
 DEBIAN_LIST = "/usr/share/publicsuffix/public_suffix_list.dat"
 
@@ -58,9 +61,9 @@ class SuffixList:
 def _to_unicode(domain: str) -> str:
     # The list spells IDN rules in U-labels; a From domain may come in A-labels.
     try:
-        return domain.encode("ascii").decode("idna")
-    except UnicodeError:
-        return domain
+        return domain_to_unicode(domain)
+    except SMTPError:
+        return domain  # not a valid domain: matched as written, like the library does
 
 
 def load_private_suffix():

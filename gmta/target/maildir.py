@@ -26,6 +26,7 @@ from gmta.config.reader import Bool, Directive, Path
 from gmta.delivery import MessageMeta
 from gmta.durable import DirectorySyncs, in_threadpool
 from gmta.errors import SMTPError
+from gmta.proto.grammar import split_address
 
 log = gmta.log.get("target.maildir")
 
@@ -42,13 +43,6 @@ def unique_name() -> str:
     host = os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
     return (f"{seconds}.M{micros}P{os.getpid()}Q{next(_counter)}"
             f"R{secrets.token_hex(8)}.{host}")
-
-
-def split_address(address: str) -> tuple[str, str]:
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return address, ""
-    return local, domain
 
 
 class MaildirDelivery:
