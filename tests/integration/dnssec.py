@@ -25,8 +25,6 @@ key it does not have: every answer from it fails validation.
 from __future__ import annotations
 
 import base64
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -43,9 +41,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.dnsserver import READY_TIMEOUT, STOP_TIMEOUT, AuthoritativeDNS, free_port
+from tests.integration import dnsserver
+from tests.integration.dnsserver import READY_TIMEOUT, AuthoritativeDNS
 
-UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
 RESOLVER_ADDRESS = "127.0.0.1"
 POLICY = "gmta-test"
 
@@ -156,26 +154,22 @@ def _unrelated_dnskey() -> dns.rdtypes.ANY.DNSKEY.DNSKEY:
                                "257 3 13 " + base64.b64encode(point).decode())
 
 
-class ValidatingResolver:
-    """``unbound`` validating with the anchors of a :class:`SignedDNS`."""
+class ValidatingResolver(dnsserver.ValidatingResolver):
+    """``unbound`` validating with the anchors of a :class:`SignedDNS`.
+
+    The process handling is :class:`tests.integration.dnsserver.ValidatingResolver`'s;
+    only the configuration differs: it also forwards every other name to the
+    test server, so names outside the test zones are insecure instead of
+    waiting for a root that is not there.
+    """
 
     def __init__(self, directory: Path, upstream: AuthoritativeDNS, anchors: list[str],
                  address: str = RESOLVER_ADDRESS):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.upstream = upstream
-        self.anchors = anchors
-        self.address = address
-        self.port: int | None = None
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def directive(self) -> str:
-        return f"{self.address}:{self.port}"
+        super().__init__(directory, upstream, address=address, anchors=anchors)
 
     def _write_config(self) -> Path:
         anchors = "".join(f'    trust-anchor: "{line}"\n' for line in self.anchors)
-        domains = sorted(self.upstream._zones)
+        domains = sorted(self.authoritative._zones)
         # unbound answers RFC 6761 names (test., invalid., 127.in-addr.arpa....)
         # itself with NXDOMAIN unless told not to: the test zones live there.
         unblocked = "".join(f'    local-zone: "{name}." nodefault\n' for name in
@@ -213,59 +207,15 @@ class ValidatingResolver:
     control-enable: no
 """ + "".join(f"""stub-zone:
     name: "{origin}."
-    stub-addr: {self.upstream.address}@{self.upstream.port}
+    stub-addr: {self.authoritative.address}@{self.authoritative.port}
     stub-first: no
 """ for origin in domains) + f"""forward-zone:
     name: "."
-    forward-addr: {self.upstream.address}@{self.upstream.port}
+    forward-addr: {self.authoritative.address}@{self.authoritative.port}
 """
         path = self.directory / "unbound.conf"
         path.write_text(config)
         return path
-
-    def start(self) -> "ValidatingResolver":
-        last_log = ""
-        for _ in range(3):
-            self.port = free_port(self.address)
-            config = self._write_config()
-            log = open(self.directory / "unbound.log", "wb")
-            self.proc = subprocess.Popen([UNBOUND, "-d", "-c", str(config)],
-                                         stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
-            log.close()
-            if self._wait_ready():
-                return self
-            last_log = (self.directory / "unbound.log").read_text(errors="replace")
-            self.stop()
-        raise RuntimeError(f"unbound did not start; its log:\n{last_log}")
-
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + READY_TIMEOUT
-        probe = sorted(self.upstream._zones)[0] + "."
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                return False
-            query = dns.message.make_query(probe, dns.rdatatype.SOA)
-            try:
-                response = dns.query.udp(query, self.address, timeout=0.5, port=self.port)
-                if response.rcode() in (dns.rcode.NOERROR, dns.rcode.SERVFAIL):
-                    return True
-            except (OSError, dns.exception.Timeout):
-                pass
-            time.sleep(0.05)
-        return False
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
-        self.proc = None
 
 
 @pytest.fixture
