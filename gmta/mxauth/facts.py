@@ -13,6 +13,9 @@ import ssl
 from dataclasses import dataclass
 
 from gmta.mxauth.levels import TLSLevel
+from gmta.net.tls import peer_chain
+
+__all__ = ["ConnectionFacts", "peer_chain"]
 
 
 @dataclass(frozen=True)
@@ -62,25 +65,3 @@ class ConnectionFacts:
         return cls(starttls_offered=True, tls_version=sock.version() or "TLS",
                    pkix_verified=pkix_verified, peer_chain=peer_chain(sock),
                    requiretls_offered=requiretls_offered)
-
-
-def peer_chain(sock: ssl.SSLSocket) -> tuple[bytes, ...]:
-    """The certificates the peer sent, DER, leaf first, verified or not.
-
-    Python 3.13 has ``get_unverified_chain()``; 3.10–3.12 have the same call
-    on the internal ``_sslobj`` only. Without either, the leaf alone (enough
-    for DANE-EE, RFC 7672 §3.1.1; DANE-TA then finds no trust anchor).
-    """
-    chain = None
-    public = getattr(sock, "get_unverified_chain", None)
-    if public is not None:
-        chain = public()
-    else:
-        internal = getattr(getattr(sock, "_sslobj", None), "get_unverified_chain", None)
-        if internal is not None:
-            chain = internal()
-    if chain:
-        return tuple(c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)
-                     for c in chain)
-    leaf = sock.getpeercert(binary_form=True)
-    return (leaf,) if leaf else ()

@@ -95,3 +95,27 @@ def client_context(config: TLSClientConfig | None, verify: bool = True, *,
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def peer_chain(sock: ssl.SSLSocket) -> tuple[bytes, ...]:
+    """The certificates the peer sent, DER, leaf first, verified or not.
+
+    DANE needs them from unverified handshakes too (RFC 7672 §3.1), and
+    DANE-TA needs the whole chain, not only the leaf, to find the trust anchor
+    (RFC 7672 §3.1.2). Python 3.13 has ``get_unverified_chain()``; 3.10–3.12
+    have the same call on the internal ``_sslobj`` only. Without either, the
+    leaf alone (enough for DANE-EE; DANE-TA then finds no trust anchor).
+    """
+    chain = None
+    public = getattr(sock, "get_unverified_chain", None)
+    if public is not None:
+        chain = public()
+    else:
+        internal = getattr(getattr(sock, "_sslobj", None), "get_unverified_chain", None)
+        if internal is not None:
+            chain = internal()
+    if chain:
+        return tuple(c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)
+                     for c in chain)
+    leaf = sock.getpeercert(binary_form=True)
+    return (leaf,) if leaf else ()

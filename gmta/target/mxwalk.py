@@ -33,6 +33,7 @@ from gmta.net import client as smtp_client
 from gmta.net.client import ConnectionFailed, SMTPClient
 from gmta.net.dns import Resolver
 from gmta.net.mx import host_addresses, resolve_mx
+from gmta.net.tls import peer_chain
 from gmta.target.security import (ConnectionFacts, DeliveryPolicy, MXCandidate, MXLevel,
                                   TLSLevel)
 
@@ -239,13 +240,14 @@ class Walk:
         tls = client.tls
         if tls is None:
             level = TLSLevel.NONE
-            certificate = None
+            chain: tuple[bytes, ...] = ()
         else:
             level = TLSLevel.AUTHENTICATED if tls.verified else TLSLevel.ENCRYPTED
-            certificate = client.sock.getpeercert(binary_form=True)
+            chain = peer_chain(client.sock)
         return ConnectionFacts(domain=self.domain, mx=candidate.name, address=address,
                                port=self.settings.port, mx_level=mx_level, tls_level=level,
-                               tls=tls, peer_certificate=certificate, tls_error=tls_error,
+                               tls=tls, peer_certificate=chain[0] if chain else None,
+                               peer_chain=chain, tls_error=tls_error,
                                requiretls_offered=client.supports("REQUIRETLS"))
 
     def _failed(self, mx: str, address: str | None, error: SMTPError) -> None:

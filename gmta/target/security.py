@@ -105,13 +105,15 @@ class ConnectionFacts:
     #: authenticated (verified against the trusted roots for the MX name).
     tls_level: TLSLevel
     tls: "TLSInfo | None"
-    #: The server's certificate (DER) when TLS is up, for DANE (RFC 7672 §3.1).
-    #: Only the leaf: Python 3.11's ssl cannot give the unverified chain.
+    #: The server's certificate (DER) when TLS is up (the first of ``peer_chain``).
     peer_certificate: bytes | None
     #: Why TLS is not up although the server offered STARTTLS (for error texts).
     tls_error: str | None
     #: The server advertised REQUIRETLS (RFC 8689 §4.1).
     requiretls_offered: bool
+    #: Every certificate the server sent (DER, leaf first, verified or not):
+    #: DANE-TA matches its trust anchor among them (RFC 7672 §3.1.2).
+    peer_chain: tuple[bytes, ...] = ()
 
 
 class DeliveryPolicy(Protocol):
