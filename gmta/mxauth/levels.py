@@ -29,6 +29,9 @@ class MXLevel(enum.IntEnum):
         """The configuration word: ``none``, ``mtasts``, ``dnssec``."""
         return self.name.lower()
 
+    def __str__(self) -> str:   # logs and texts show the word, not the number
+        return self.word
+
     @classmethod
     def from_word(cls, word: str) -> "MXLevel":
         return cls[word.upper()]
@@ -43,6 +46,9 @@ class TLSLevel(enum.IntEnum):
     def word(self) -> str:
         """The configuration word: ``none``, ``encrypted``, ``authenticated``."""
         return self.name.lower()
+
+    def __str__(self) -> str:
+        return self.word
 
     @classmethod
     def from_word(cls, word: str) -> "TLSLevel":

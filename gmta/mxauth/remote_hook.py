@@ -28,7 +28,8 @@ class RemoteHook:
         """*candidate* has ``domain``, ``name`` and ``mx_list.authenticated``."""
         found = self.message.check_mx(candidate.domain, candidate.name,
                                       mx_authenticated=bool(candidate.mx_list.authenticated))
-        return MXLevel(max(int(level), int(found)))
+        # The caller's own enum back (target.remote logs it by name: "mtasts", not "1").
+        return type(level)(max(int(level), int(found)))
 
     def check_conn(self, facts) -> TLSLevel:
         """*facts* is the hook's ConnectionFacts (leaf certificate, measured TLS level)."""
@@ -43,7 +44,7 @@ class RemoteHook:
             tls_error=facts.tls_error, requiretls_offered=facts.requiretls_offered)
         verdict = self.message.check_connection(facts.domain, facts.mx,
                                                 MXLevel(int(facts.mx_level)), ours)
-        return verdict.tls_level
+        return type(facts.tls_level)(int(verdict.tls_level))
 
     def close(self) -> None:
         self.message.close()

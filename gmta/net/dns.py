@@ -34,8 +34,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import dns.edns
 import dns.exception
 import dns.flags
+import dns.message
 import dns.name
 import dns.rdatatype
 import dns.resolver
@@ -377,8 +379,38 @@ def _failure_text(error: dns.resolver.NoNameservers) -> str:
         problem = item[3]
         if isinstance(problem, BaseException):
             problem = str(problem) or type(problem).__name__
-        said.append(f"{problem} from {_server_text(item[0])}")
+        why = _extended_errors_text(item[4] if len(item) > 4 else None)
+        said.append(f"{problem} from {_server_text(item[0])}{why}")
     return "; ".join(said) or "no server answered"
+
+
+#: RFC 8914 §4 codes that mean the answer failed DNSSEC validation (1, 2: unsupported
+#: algorithms; 5–12: indeterminate, bogus, expired, not yet valid, DNSKEY, RRSIGs,
+#: zone key bit or NSEC missing).
+DNSSEC_EDE_CODES = frozenset({1, 2, 5, 6, 7, 8, 9, 10, 11, 12})
+
+
+def _extended_errors_text(response: dns.message.Message | None) -> str:
+    """Why a server failed, when it says (RFC 8914 Extended DNS Errors), such as
+    `` (DNSSEC validation failed, EDE 6 DNSSEC BOGUS: ...)``. A validating resolver's
+    SERVFAIL looks the same for a badly signed zone and an unreachable one; only
+    this tells an operator that it is DNSSEC."""
+    if response is None:
+        return ""
+    try:
+        options = response.extended_errors()
+    except (AttributeError, ValueError):
+        return ""
+    shown = []
+    for option in options[:2]:
+        try:
+            name = dns.edns.EDECode(option.code).name.replace("_", " ")
+        except ValueError:
+            name = "unknown"
+        text = f": {option.text[:200]}" if option.text else ""
+        dnssec = "DNSSEC validation failed, " if option.code in DNSSEC_EDE_CODES else ""
+        shown.append(f"{dnssec}EDE {int(option.code)} {name}{text}")
+    return f" ({'; '.join(shown)})" if shown else ""
 
 
 # One resolver per ``dns_servers`` value, so every module of a configuration

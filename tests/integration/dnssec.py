@@ -189,6 +189,8 @@ class ValidatingResolver(dnsserver.ValidatingResolver):
     logfile: ""
     verbosity: 1
     val-log-level: 2
+    # RFC 8914 Extended DNS Errors: a bogus zone's SERVFAIL says "DNSSEC Bogus".
+    ede: yes
     module-config: "validator iterator"
     qname-minimisation: no
     aggressive-nsec: no

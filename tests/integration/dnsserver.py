@@ -323,6 +323,8 @@ class ValidatingResolver:
     logfile: ""
     verbosity: 1
     val-log-level: 2
+    # RFC 8914 Extended DNS Errors: a bogus zone's SERVFAIL says "DNSSEC Bogus".
+    ede: yes
     num-threads: 1
     so-reuseport: no
     access-control: 127.0.0.0/8 allow

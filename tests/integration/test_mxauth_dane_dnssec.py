@@ -7,29 +7,18 @@ defers and then succeeds once the record is fixed, and a bogus zone.
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from gmta.errors import SMTPError
 from gmta.mxauth import ConnectionFacts, MXLevel, TLSLevel
 from gmta.net.dns import Resolver
 from gmta.net.mx import resolve_mx
-from tests.integration.testca import issue, write_chain
+from tests.integration.testca import issue, tlsa, write_chain
 from tests.integration.tlspeer import TLSPeer, handshake_facts
 
 pytestmark = pytest.mark.timeout(60)
 
 MX_ADDRESS = "127.0.0.2"
-
-
-def tlsa(usage: int, selector: int, mtype: int, cert) -> str:
-    data = cert.der if selector == 0 else cert.spki
-    if mtype == 1:
-        data = hashlib.sha256(data).digest()
-    elif mtype == 2:
-        data = hashlib.sha512(data).digest()
-    return f"TLSA {usage} {selector} {mtype} {data.hex()}"
 
 
 @pytest.fixture

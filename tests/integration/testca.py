@@ -8,6 +8,7 @@ servers), so a test failing on verification fails for the reason it tests.
 from __future__ import annotations
 
 import datetime
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +90,17 @@ def write_ca(directory: Path, stem: str, ca: Issued) -> str:
     path = directory / f"{stem}.pem"
     path.write_bytes(ca.pem)
     return str(path)
+
+
+def tlsa(usage: int, selector: int, mtype: int, issued: Issued) -> str:
+    """A TLSA record's type and data for *issued* (RFC 6698 §2.1): ``TLSA 3 1 1 <hex>``.
+
+    Selector 0 is the whole certificate, 1 its SubjectPublicKeyInfo; matching
+    type 0 is the data itself, 1 its SHA-256, 2 its SHA-512.
+    """
+    data = issued.der if selector == 0 else issued.spki
+    if mtype == 1:
+        data = hashlib.sha256(data).digest()
+    elif mtype == 2:
+        data = hashlib.sha512(data).digest()
+    return f"TLSA {usage} {selector} {mtype} {data.hex()}"

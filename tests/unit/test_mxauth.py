@@ -268,3 +268,29 @@ def test_remote_hook_maps_target_remote_calls_onto_the_policies(user):
     with pytest.raises(SMTPError):
         hook.check_mx(unsigned, MXLevel.NONE)
     hook.close()
+
+
+def test_remote_hook_answers_in_target_remotes_levels_and_passes_the_whole_chain(user):
+    # target.remote logs the levels it gets back by name (tls=authenticated),
+    # and DANE-TA needs every certificate the server sent, not only the leaf.
+    from types import SimpleNamespace
+
+    from gmta.target import security
+    config = user("ut.mx_auth_unit {\n mx_auth {\n dnssec\n local_policy off\n }\n}\n")
+    hook = config.endpoints[0].mx_auth.start(SimpleNamespace(id="m1"))
+    signed = SimpleNamespace(domain="a.test", name="mx.a.test",
+                             mx_list=SimpleNamespace(authenticated=True))
+    level = hook.check_mx(signed, security.MXLevel.NONE)
+    assert type(level) is security.MXLevel and str(level) == "dnssec"
+    facts = SimpleNamespace(domain="a.test", mx="mx.a.test", mx_level=level,
+                            tls_level=security.TLSLevel.ENCRYPTED,
+                            tls=SimpleNamespace(version="TLSv1.3"),
+                            peer_certificate=b"leaf", peer_chain=(b"leaf", b"CA"),
+                            tls_error=None, requiretls_offered=False)
+    seen = []
+    hook.message.check_connection = lambda domain, mx, mx_level, ours: (
+        seen.append(ours.peer_chain) or SimpleNamespace(tls_level=TLSLevel.AUTHENTICATED))
+    tls_level = hook.check_conn(facts)
+    assert type(tls_level) is security.TLSLevel and str(tls_level) == "authenticated"
+    assert seen == [(b"leaf", b"CA")]
+    hook.close()
