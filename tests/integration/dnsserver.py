@@ -15,12 +15,21 @@ returns once the new data is served). Records default to TTL 0 so that no
 cache between the test and the server hides a change; give a TTL in the line
 (``"mx1 60 A 127.0.0.2"``) where a test wants caching.
 
+Signed zones (DNSSEC, RFC 4033–4035): ``AuthoritativeDNS(dir, signed=True)``
+signs every zone unless ``zone(..., signed=False)`` (or a plain server signs
+the zones given ``signed=True``). knotd makes one ECDSA P-256 key per zone
+that never rolls and signs at load and reload; :meth:`trust_anchors` (DNSKEY)
+and :meth:`anchors` (DS) read the keys back for a validating resolver, as an
+operator would export them. A *bogus* zone (:meth:`bogus`) is signed, but its
+anchor is a key knotd never had: every answer from it fails validation.
+
 Every wait is bounded (``READY_TIMEOUT``); knotd's own log is kept in
 ``<directory>/knotd.log`` and shown when it fails to start.
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import shutil
 import socket
@@ -28,13 +37,19 @@ import subprocess
 import time
 from pathlib import Path
 
+import dns.dnssec
 import dns.exception
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
+import dns.rdtypes.ANY.DNSKEY
 import dns.reversename
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 KNOTD = shutil.which("knotd") or "/usr/sbin/knotd"
 KNOTC = shutil.which("knotc") or "/usr/sbin/knotc"
@@ -66,14 +81,17 @@ def free_port(address: str) -> int:
 class AuthoritativeDNS:
     """One ``knotd`` serving the zones a test wrote."""
 
-    def __init__(self, directory: Path, address: str = DEFAULT_ADDRESS):
+    def __init__(self, directory: Path, address: str = DEFAULT_ADDRESS, *, signed: bool = False):
         self.directory = Path(directory)
         self.address = address
+        #: Whether :meth:`zone` signs a zone when not told.
+        self.signed = signed
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self._zones: dict[str, list[str]] = {}
         self._broken: set[str] = set()
         self._signed: set[str] = set()
+        self._bogus: set[str] = set()
         self._serial = 1
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "zones").mkdir(exist_ok=True)
@@ -81,17 +99,32 @@ class AuthoritativeDNS:
 
     # -- zone data ------------------------------------------------------------------------
 
-    def zone(self, origin: str, records: list[str], *, signed: bool = False) -> None:
+    def zone(self, origin: str, records: list[str], *, signed: bool | None = None) -> None:
         """Set the records of zone *origin* (zone-file lines, names relative to it).
 
-        A *signed* zone is signed by knotd with keys it makes at start
-        (DNSSEC, RFC 4033–4035); :meth:`trust_anchors` gives their DNSKEYs
-        for a validating resolver (:class:`ValidatingResolver`).
+        A *signed* zone (default: the server's ``signed``) is signed by knotd
+        with a key it makes at start (DNSSEC, RFC 4033–4035); :meth:`trust_anchors`
+        and :meth:`anchors` give it to a validating resolver. Setting the
+        records of a zone again keeps it signed or not as it was.
         """
         origin = origin.rstrip(".").lower()
+        if signed is None:
+            signed = origin in self._signed if origin in self._zones else self.signed
         self._zones[origin] = list(records)
         if signed:
             self._signed.add(origin)
+        else:
+            self._signed.discard(origin)
+            self._bogus.discard(origin)
+
+    def sign(self, *origins: str) -> None:
+        """Sign these zones (set with :meth:`zone`) too."""
+        self._signed.update(o.rstrip(".").lower() for o in origins)
+
+    def bogus(self, *origins: str) -> None:
+        """Sign these zones, but give resolvers an anchor for a key they do not use."""
+        self.sign(*origins)
+        self._bogus.update(o.rstrip(".").lower() for o in origins)
 
     def broken_zone(self, origin: str) -> None:
         """A zone the server is configured for but cannot load: it answers SERVFAIL."""
@@ -123,6 +156,7 @@ class AuthoritativeDNS:
     def _write_config(self) -> Path:
         zones = "".join(f"  - domain: {origin}\n" +
                         ("    dnssec-signing: on\n    dnssec-policy: test\n"
+                         "    serial-policy: increment\n"
                          if origin in self._signed else "")
                         for origin in [*self._zones, *self._broken])
         config = f"""server:
@@ -142,7 +176,13 @@ control:
 policy:
   - id: test
     algorithm: ecdsap256sha256
+    # One combined key (CSK) that never rolls: an anchor stays valid all test long.
     single-type-signing: on
+    ksk-lifetime: 0
+    zsk-lifetime: 0
+    dnskey-ttl: 0
+    zone-max-ttl: 0
+    nsec3: off
     # TTL 0 zones: signatures that stay valid for the whole test run.
     rrsig-lifetime: 14d
     rrsig-refresh: 7d
@@ -184,6 +224,10 @@ zone:
 
     def reload(self) -> None:
         """Serve the zones as they are now; returns once every zone has the new serial."""
+        # The served serial of a signed zone is the written one plus knotd's
+        # bumps; jump past it so that "at least the written serial" means new data.
+        served = [self.soa_serial(o) or 0 for o in self._signed]
+        self._serial = max([self._serial, *served]) + 1
         self._write_zones()
         self._write_config()
         # Re-reads the configuration (new zones) and every changed zone file.
@@ -197,14 +241,18 @@ zone:
                        capture_output=True, timeout=STOP_TIMEOUT)
 
     def _wait_serving(self, serial: int) -> bool:
-        """Poll every zone's SOA until it has *serial*; False if knotd died or the deadline passed."""
+        """Poll every zone's SOA until it has *serial*; False if knotd died or the deadline passed.
+
+        knotd bumps the serial of a zone it signs, so a signed zone is ready
+        once it serves at least the written serial with a signed SOA.
+        """
         deadline = time.monotonic() + READY_TIMEOUT
         pending = set(self._zones)
         while pending:
             if self.proc is None or self.proc.poll() is not None:
                 return False
             for origin in list(pending):
-                if self.soa_serial(origin) == serial:
+                if self._serving(origin, serial):
                     pending.discard(origin)
             if pending:
                 if time.monotonic() > deadline:
@@ -212,17 +260,40 @@ zone:
                 time.sleep(0.05)
         return True
 
+    def _serving(self, origin: str, serial: int) -> bool:
+        if origin not in self._signed:
+            return self.soa_serial(origin) == serial
+        query = dns.message.make_query(origin + ".", dns.rdatatype.SOA, want_dnssec=True)
+        try:
+            response = dns.query.udp(query, self.address, timeout=0.5, port=self.port)
+        except (OSError, dns.exception.Timeout):
+            return False
+        soa = [r for r in response.answer if r.rdtype == dns.rdatatype.SOA]
+        signed = any(r.rdtype == dns.rdatatype.RRSIG for r in response.answer)
+        return bool(soa) and signed and soa[0][0].serial >= serial
+
+    def _anchor_key(self, origin: str) -> dns.rdtypes.ANY.DNSKEY.DNSKEY:
+        """The key a resolver should trust for signed zone *origin* (a stranger's if bogus)."""
+        if origin in self._bogus:
+            return _unrelated_dnskey()
+        query = dns.message.make_query(origin + ".", dns.rdatatype.DNSKEY)
+        response = dns.query.udp(query, self.address, timeout=2, port=self.port)
+        keys = [r for rrset in response.answer for r in rrset
+                if rrset.rdtype == dns.rdatatype.DNSKEY]
+        return next(k for k in keys if k.flags & 0x0001)  # SEP bit: the KSK/CSK (RFC 4034 §2.1.1)
+
     def trust_anchors(self) -> list[str]:
-        """The DNSKEY records (as zone-file lines) of the signing keys of the signed zones."""
-        anchors = []
+        """The signed zones' keys as zone-file lines (``origin. DNSKEY ...``)."""
+        return [f"{origin}. DNSKEY {self._anchor_key(origin).to_text()}"
+                for origin in sorted(self._signed)]
+
+    def anchors(self) -> list[str]:
+        """The signed zones' keys as DS lines (``origin. DS ...``), for unbound ``trust-anchor``."""
+        lines = []
         for origin in sorted(self._signed):
-            query = dns.message.make_query(origin + ".", dns.rdatatype.DNSKEY)
-            response = dns.query.udp(query, self.address, timeout=2, port=self.port)
-            for rrset in response.answer:
-                # Flags 257: a secure entry point (KSK or CSK), RFC 4034 §2.1.1.
-                anchors += [f"{origin}. DNSKEY {rdata.to_text()}" for rdata in rrset
-                            if rdata.flags == 257]
-        return anchors
+            ds = dns.dnssec.make_ds(dns.name.from_text(origin), self._anchor_key(origin), "SHA256")
+            lines.append(f"{origin}. DS {ds.to_text()}")
+        return lines
 
     def soa_serial(self, origin: str) -> int | None:
         """The SOA serial the server gives for *origin*, or None if it does not answer."""
@@ -246,6 +317,13 @@ zone:
                 self.proc.kill()
                 self.proc.wait(STOP_TIMEOUT)
         self.proc = None
+
+
+def _unrelated_dnskey() -> dns.rdtypes.ANY.DNSKEY.DNSKEY:
+    """A fresh P-256 DNSKEY (RFC 6605 §4: the point's X and Y, 64 bytes) knotd never saw."""
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
+    return dns.rdata.from_text("IN", "DNSKEY", "257 3 13 " + base64.b64encode(point).decode())
 
 
 @pytest.fixture

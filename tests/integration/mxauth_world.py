@@ -47,9 +47,7 @@ class World:
         self.policy_server: PolicyServer | None = None
 
     def zone(self, origin: str, records: list[str], *, signed: bool = True) -> None:
-        self.dns.zone(origin, records)
-        if signed:
-            self.dns.sign(origin)
+        self.dns.zone(origin, records, signed=signed)
 
     def start(self) -> "World":
         self.dns.start()

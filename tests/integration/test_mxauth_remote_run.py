@@ -42,7 +42,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import GMTA, GmtaProcess
-from tests.integration.dnssec import SignedDNS, ValidatingResolver
+from tests.integration.dnssec import ValidatingResolver
+from tests.integration.dnsserver import AuthoritativeDNS
 from tests.integration.policyserver import PolicyServer
 from tests.integration.testca import issue, tlsa, write_ca, write_chain
 
@@ -85,7 +86,7 @@ class World:
         self.dane_intermediate = issue("DANE intermediate", issuer=self.dane_root, ca=True)
         self.ta_leaf = issue("mx.ta.test", issuer=self.dane_intermediate)
         self.other = issue("not the MX")   # a key no MX has: TLSA records that cannot match
-        self.dns = SignedDNS(tmp / "dns")
+        self.dns = AuthoritativeDNS(tmp / "dns", signed=True)
         self.resolver: ValidatingResolver | None = None
         self.policy_server: PolicyServer | None = None
         self.farm: GmtaProcess | None = None
@@ -94,11 +95,6 @@ class World:
         self._unsigned: set[str] = set()
 
     # -- DNS ---------------------------------------------------------------------------------
-
-    def zone(self, origin: str, records: list[str], *, signed: bool = True) -> None:
-        self.dns.zone(origin, records)
-        if signed:
-            self.dns.sign(origin)
 
     def zones(self) -> None:
         w = self
@@ -118,20 +114,20 @@ class World:
             "plain.test": one_mx("mx1"),
             "unsigned.test": one_mx("ee", f"_25._tcp.mx {tlsa(3, 1, 1, w.other)}"),
         }.items():
-            self.zone(domain, records, signed=False)
+            self.dns.zone(domain, records, signed=False)
         # R14, R16: signed zones.
-        self.zone("signed.test", one_mx("mx1"))
-        self.zone("ee.test", one_mx("ee", f"_25._tcp.mx {tlsa(3, 1, 1, w.ee)}"))
-        self.zone("ta.test", one_mx("ta", f"_25._tcp.mx {tlsa(2, 0, 1, w.dane_intermediate)}"))
-        self.zone("fixme.test", self.fixme_records(w.other))
-        self.zone("cname.test", ["@ MX 10 mx", "mx CNAME real", f"real A {FARM['ee']}",
+        self.dns.zone("signed.test", one_mx("mx1"))
+        self.dns.zone("ee.test", one_mx("ee", f"_25._tcp.mx {tlsa(3, 1, 1, w.ee)}"))
+        self.dns.zone("ta.test", one_mx("ta", f"_25._tcp.mx {tlsa(2, 0, 1, w.dane_intermediate)}"))
+        self.dns.zone("fixme.test", self.fixme_records(w.other))
+        self.dns.zone("cname.test", ["@ MX 10 mx", "mx CNAME real", f"real A {FARM['ee']}",
                                  f"_25._tcp.real {tlsa(3, 1, 1, w.ee)}"])
-        self.zone("nostarttls.test", one_mx("plain", f"_25._tcp.mx {tlsa(3, 1, 1, w.ee)}"))
-        self.zone("tls12.test", ["@ MX 10 mx", f"mx A {FARM['tls13']}",
+        self.dns.zone("nostarttls.test", one_mx("plain", f"_25._tcp.mx {tlsa(3, 1, 1, w.ee)}"))
+        self.dns.zone("tls12.test", ["@ MX 10 mx", f"mx A {FARM['tls13']}",
                                  f"_25._tcp.mx {tlsa(3, 1, 1, w.ee)}"])
         # The TLSA name is a CNAME into the bogus zone: A is fine, TLSA fails.
-        self.zone("tlsafail.test", one_mx("ee", "_25._tcp.mx CNAME _25._tcp.mx.bogus.test."))
-        self.zone("bogus.test", one_mx("ee", f"_25._tcp.mx {tlsa(3, 1, 1, w.ee)}"))
+        self.dns.zone("tlsafail.test", one_mx("ee", "_25._tcp.mx CNAME _25._tcp.mx.bogus.test."))
+        self.dns.zone("bogus.test", one_mx("ee", f"_25._tcp.mx {tlsa(3, 1, 1, w.ee)}"))
         self.dns.bogus("bogus.test")
 
     @staticmethod
