@@ -25,13 +25,17 @@ target.remote with the ``mx_auth`` block under test; a sender is started once
 per configuration and module. Every recipient address is used once, so tests
 share senders without seeing each other's mail.
 
-maddy-behaviour §3.5 R13–R16, plus an enforce policy excluding the first MX,
-a policy id change, an expired cached policy, a bogus zone, DANE-TA with a
-chain, DANE-EE 3 1 1, and a TLSA mismatch deferring until the zone is fixed.
+maddy-behaviour §3.5 R13–R16, plus an enforce policy (MTA-STS, and a
+STARTTLS Everywhere list) excluding the first MX, a policy id change, an
+expired cached policy, a bogus zone, DANE-TA with a chain, DANE-EE 3 1 1, and
+a TLSA mismatch deferring until the zone is fixed. Not here: R15's TLS MX
+that does not offer REQUIRETLS (every TLS peer here is gmta, which offers it).
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import re
 import smtplib
 import ssl
@@ -106,6 +110,7 @@ class World:
             "stsplain.test": one_mx("plain", *sts_records("1")),
             "stsuntrusted.test": one_mx("ee", *sts_records("1")),
             "nosts.test": two_mx("nosts.test"),
+            "preload.test": two_mx("preload.test"),
             "rotate.test": two_mx("rotate.test", *sts_records("1")),
             "expire.test": two_mx("expire.test", *sts_records("1")),
             "rt.test": two_mx("rt.test", *sts_records("1")),
@@ -411,6 +416,21 @@ def test_expired_cached_policy_is_fetched_again(world):
     fetched = [line for line in sender.lines
                if "event=policy_fetched" in line and "domain=expire.test" in line]
     assert len(fetched) == 2
+
+
+def test_sts_preload_list_excluding_the_first_mx_delivers_to_the_second(world):
+    # A STARTTLS Everywhere list entry acts as an enforce policy for a domain without MTA-STS.
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=7)
+    listing = world.tmp / "preload.json"
+    listing.write_text(json.dumps({
+        "timestamp": "2024-01-01T00:00:00Z", "author": "gmta tests", "version": "0.1",
+        "expires": expires.isoformat(), "policy-aliases": {},
+        "policies": {"preload.test": {"mode": "enforce", "mxs": ["mx2.preload.test"]}}}))
+    sender = world.sender(f"sts_preload {{\n  source file://{listing}\n}}")
+    assert "event=delivered" in attempt(world, sender, "pre@preload.test")
+    assert world.farm_hosts_with("pre@preload.test") == ["mx2"]
+    [refused] = walk_lines(sender, "preload.test", "mx_failed")
+    assert "mx=mx1.preload.test" in refused and "(sts_preload)" in refused
 
 
 # --- R14: DNSSEC. --------------------------------------------------------------------------
