@@ -35,6 +35,7 @@ that does not offer REQUIRETLS (every TLS peer here is gmta, which offers it).
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import re
 import smtplib
@@ -494,7 +495,11 @@ DANE_AUTHENTICATED = "dane\nlocal_policy {\n  min_tls_level authenticated\n}"
 
 @pytest.mark.parametrize("rcpt, farm_host", [
     ("ee@ee.test", "ee"),          # DANE-EE, SPKI, SHA-256 (3 1 1), self-signed
-    ("ta@ta.test", "ta"),          # DANE-TA (2 0 1) of the intermediate of a sent chain
+    # DANE-TA (2 0 1) of the intermediate of a sent chain; gmta checks the chain with
+    # cryptography's verifier (42 and later; older ones defer, saying so).
+    pytest.param("ta@ta.test", "ta", marks=pytest.mark.skipif(
+        importlib.util.find_spec("cryptography.x509.verification") is None,
+        reason="DANE-TA needs cryptography 42 or later (cryptography.x509.verification)")),
     ("cn@cname.test", "ee"),       # CNAME'd MX: TLSA at the CNAME's target
 ], ids=["dane-ee-3-1-1", "dane-ta-chain", "cname"])
 def test_r16_matching_tlsa_authenticates_the_mx(world, rcpt, farm_host):
