@@ -83,8 +83,8 @@ target.remote on branch ``remote`` already has a hook protocol
 ``MXAuth.start(meta)`` returns :class:`~gmta.mxauth.remote_hook.RemoteHook`,
 which speaks that protocol over the same :class:`MessagePolicy`; with it the
 target keeps its own REQUIRETLS and ``TLS-Required: No`` handling. Its facts
-should carry the whole peer chain (:func:`peer_chain`), not only the leaf,
-or DANE-TA cannot match.
+carry the whole peer chain (``gmta.net.tls.peer_chain``), not only the leaf,
+or DANE-TA could not match; the hook answers in the target's own level enums.
 
 Layering: this package imports the config, net and log layers only; the
 remote target imports it.
