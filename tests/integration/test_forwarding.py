@@ -24,7 +24,8 @@ from gmta.buffer import MemoryBuffer
 from gmta.delivery import MessageMeta, PartialDeliveryError
 from gmta.errors import SMTPError
 from tests.integration.conftest import GMTA, base_config, maildir_messages
-from tests.integration.peers import ca, dovecot_lmtp, free_port, smtp_sink  # noqa: F401
+from tests.integration.peers import (TestCA, ca, dovecot_lmtp, dovecot_submission,  # noqa: F401
+                                     free_port, smtp_sink)
 
 pytestmark = pytest.mark.integration
 
@@ -298,6 +299,55 @@ def test_auth_forward_without_client_credentials_is_530(start_gmta, state_dir, s
         send(gmta.port(), ["b@example.test"])
     assert refused.value.recipients["b@example.test"] == (
         530, b"5.7.0 Authentication is required")
+
+
+def external_target(server, ca, cert, key) -> str:
+    return f"""target.smtp {{
+    targets {server.address}
+    require_tls yes
+    auth external
+    tls_client {{
+        root_ca {ca.cert_path}
+        cert {cert}
+        key {key}
+    }}
+}}"""
+
+
+def test_auth_external_with_a_client_certificate(start_gmta, state_dir, ca, smtp_sink,
+                                                 dovecot_submission):
+    # A real EXTERNAL server: Dovecot's submission service takes the user name from
+    # the certificate's commonName and relays the mail to the sink.
+    sink = smtp_sink()
+    dovecot = dovecot_submission(ca, sink.port)
+    cert, key = ca.issue("alice@example.org", client=True)
+    gmta = gmta_with_target(start_gmta, state_dir, external_target(dovecot, ca, cert, key))
+    assert send(gmta.port(), ["b@example.test"], sender="alice@example.org") == {}
+    [relayed] = sink.wait_for_messages(1)
+    # Dovecot passes the authenticated identity on as MAIL's AUTH= parameter.
+    assert relayed["X-Mail-Args"] == "<alice@example.org> AUTH=alice@example.org"
+    assert relayed["Subject"] == "forwarded"
+    # Received fields: smtp-sink's, Dovecot's (an authenticated TLS session), gmta's.
+    assert "by submission.test with ESMTPSA" in relayed.get_all("Received")[1]
+    dovecot.wait_for_log("user=<alice@example.org>, method=EXTERNAL")
+
+
+def test_auth_external_with_an_untrusted_certificate_is_not_delivered(
+        start_gmta, state_dir, ca, tmp_path, smtp_sink, dovecot_submission):
+    sink = smtp_sink()
+    dovecot = dovecot_submission(ca, sink.port)
+    other_dir = tmp_path / "other-ca"
+    other_dir.mkdir()
+    cert, key = TestCA(other_dir).issue("mallory@example.org", client=True)
+    gmta = gmta_with_target(start_gmta, state_dir, external_target(dovecot, ca, cert, key))
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(gmta.port(), ["b@example.test"], sender="mallory@example.org")
+    # Dovecot refuses the certificate in the TLS layer and closes the connection (after
+    # the client's Finished, in TLS 1.3): gmta cannot tell why, so it is temporary.
+    code, text = refused.value.recipients["b@example.test"]
+    assert (code, text[:5]) == (451, b"4.4.2"), text
+    dovecot.wait_for_log("client sent an invalid cert")
+    assert sink.messages() == []
 
 
 # --- T5, T6: LMTP to Dovecot. -----------------------------------------------------------
