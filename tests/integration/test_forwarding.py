@@ -200,6 +200,85 @@ def test_untrusted_certificate_with_require_tls_fails(start_gmta, state_dir, tls
     assert maildir_messages(tls_downstream.state_dir, "b@example.test") == []
 
 
+# --- SMTPUTF8 and 8BITMIME to a server without them (maddy-behaviour §2.5). -----------
+
+def send_utf8(port: int, sender: str, rcpts: list[str], message: bytes = MESSAGE,
+              options: tuple[str, ...] = ("SMTPUTF8",)):
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail(sender, rcpts, message, mail_options=list(options))
+
+
+def test_utf8_domains_become_a_labels_for_a_server_without_smtputf8(start_gmta, state_dir,
+                                                                    smtp_sink):
+    sink = smtp_sink()   # smtp-sink never offers SMTPUTF8
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    assert send_utf8(gmta.port(), "a@bücher.example", ["b@bücher.example"]) == {}
+    [dumped] = sink.wait_for_messages(1)
+    # RFC 6531 §3.4 / maddy-behaviour §2.5: no SMTPUTF8 parameter, A-label domains.
+    assert dumped["X-Mail-Args"] == "<a@xn--bcher-kva.example>"
+    assert dumped["X-Rcpt-Args"] == "<b@xn--bcher-kva.example>"
+
+
+def test_utf8_local_part_to_a_server_without_smtputf8_is_refused(start_gmta, state_dir,
+                                                                 smtp_sink):
+    sink = smtp_sink()
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    refused = send_utf8(gmta.port(), "a@example.org", ["b@example.test", "jürgen@example.test"])
+    code, text = refused["jürgen@example.test"]
+    assert (code, text[:5]) == (553, b"5.6.7"), text
+    assert b"SMTPUTF8 is unsupported" in text
+    [dumped] = sink.wait_for_messages(1)
+    assert dumped.get_all("X-Rcpt-Args") == ["<b@example.test>"]
+    # The sender's local part cannot be converted either: 550 5.6.7 for every recipient.
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send_utf8(gmta.port(), "jürgen@example.org", ["b@example.test"])
+    code, text = refused.value.recipients["b@example.test"]
+    assert (code, text[:5]) == (550, b"5.6.7"), text
+    assert len(sink.messages()) == 1
+
+
+def test_smtputf8_is_passed_on_to_a_server_that_offers_it(start_gmta, state_dir,
+                                                          tls_downstream):
+    downstream = tls_downstream()   # a gmta smtp endpoint: it offers SMTPUTF8
+    gmta = gmta_with_target(start_gmta, state_dir,
+                            f"smtp tcp://127.0.0.1:{downstream.port()}")
+    message = "From: jürgen@bücher.example\r\nSubject: Grüße\r\n\r\nHallo.\r\n".encode()
+    assert send_utf8(gmta.port(), "jürgen@bücher.example", ["jörg@example.test"], message) == {}
+    # The downstream takes a non-ASCII MAIL only with SMTPUTF8 (else 550 5.6.7).
+    downstream.wait_for(r"event=accepted .*sender=jürgen@bücher\.example")
+    [stored] = maildir_messages(tls_downstream.state_dir, "jörg@example.test")
+    assert "Subject: Grüße".encode() in stored
+
+
+def test_8bit_content_to_a_server_without_8bitmime_is_refused(start_gmta, state_dir,
+                                                              smtp_sink):
+    sink = smtp_sink("-8")   # no 8BITMIME in EHLO
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    eight_bit = "From: a@example.org\r\nSubject: x\r\n\r\nGrüße\r\n".encode()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send_utf8(gmta.port(), "a@example.org", ["b@example.test"], eight_bit,
+                  options=("BODY=8BITMIME",))
+    # RFC 6152 §3: convert or return; gmta does not convert (RFC 3463 X.6.3).
+    assert refused.value.smtp_code == 554
+    assert refused.value.smtp_error.startswith(b"5.6.3 8-bit content")
+    # Declared 8BITMIME but 7-bit in fact: delivered, without the BODY parameter.
+    assert send_utf8(gmta.port(), "a@example.org", ["b@example.test"],
+                     options=("BODY=8BITMIME",)) == {}
+    [dumped] = sink.wait_for_messages(1)
+    assert dumped["X-Mail-Args"] == "<a@example.org>"
+
+
+def test_8bitmime_is_passed_on_to_a_server_that_offers_it(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink()
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    eight_bit = "From: a@example.org\r\nSubject: x\r\n\r\nGrüße\r\n".encode()
+    assert send_utf8(gmta.port(), "a@example.org", ["b@example.test"], eight_bit,
+                     options=("BODY=8BITMIME",)) == {}
+    [dumped] = sink.wait_for_messages(1)
+    assert dumped["X-Mail-Args"] == "<a@example.org> BODY=8BITMIME"
+    assert dumped.get_payload(decode=True).startswith("Grüße\n".encode())
+
+
 # --- AUTH. ------------------------------------------------------------------------------
 
 @pytest.fixture
