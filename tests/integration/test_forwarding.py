@@ -13,6 +13,8 @@ for the whole message today).
 
 from __future__ import annotations
 
+import concurrent.futures
+import email
 import smtplib
 import subprocess
 
@@ -198,6 +200,68 @@ def test_untrusted_certificate_with_require_tls_fails(start_gmta, state_dir, tls
     code, text = refused.value.recipients["b@example.test"]
     assert code == 451 and b"not trusted" in text
     assert maildir_messages(tls_downstream.state_dir, "b@example.test") == []
+
+
+# --- limits (maddy #757: throttling a rate-limited smarthost). --------------------------
+
+def send_in_parallel(port: int, rcpt_lists: list[list[str]]) -> list:
+    with concurrent.futures.ThreadPoolExecutor(len(rcpt_lists)) as pool:
+        return list(pool.map(lambda rcpts: send(port, rcpts), rcpt_lists))
+
+
+def dump_times(sink) -> dict[str, float]:
+    """When smtp-sink finished writing each transaction, by its first recipient."""
+    times = {}
+    for path in sink.dump_dir.iterdir():
+        rcpt = email.message_from_bytes(path.read_bytes())["X-Rcpt-Args"]
+        times[rcpt.strip("<>")] = path.stat().st_mtime
+    return times
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in zip(times[:-1], times[1:], strict=True)]
+
+
+def limited_target(sink, limits: str) -> str:
+    return f"target.smtp {{\n targets {sink.address}\n limits {{\n {limits}\n }}\n}}"
+
+
+def test_all_concurrency_1_never_overlaps_connections(start_gmta, state_dir, smtp_sink):
+    # Each session waits a second for the greeting: overlapping sessions would end
+    # together, serial ones at least a second apart.
+    sink = smtp_sink("-W", "CONNECT:1")
+    gmta = gmta_with_target(start_gmta, state_dir, limited_target(sink, "all concurrency 1"))
+    rcpts = ["a@one.test", "b@two.test", "c@three.test"]
+    assert send_in_parallel(gmta.port(), [[r] for r in rcpts]) == [{}, {}, {}]
+    finished = sorted(dump_times(sink).values())
+    assert len(finished) == 3
+    assert all(gap >= 0.9 for gap in gaps(finished)), finished
+
+
+def test_destination_concurrency_1_serialises_one_domain_only(start_gmta, state_dir, smtp_sink):
+    # The destination slot is taken at the first RCPT of that domain, so the
+    # sink's one-second wait before answering DATA is what serialises.
+    sink = smtp_sink("-w", "1")
+    gmta = gmta_with_target(start_gmta, state_dir,
+                            limited_target(sink, "destination concurrency 1"))
+    results = send_in_parallel(gmta.port(), [["a@one.test"], ["b@one.test"], ["c@two.test"]])
+    assert results == [{}, {}, {}]
+    finished = dump_times(sink)
+    first, second = sorted([finished["a@one.test"], finished["b@one.test"]])
+    assert second - first >= 0.9, finished
+    # two.test had its own slot: it did not wait behind both one.test messages.
+    assert finished["c@two.test"] < second, finished
+
+
+def test_destination_rate_spaces_messages_to_one_domain(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink()
+    gmta = gmta_with_target(start_gmta, state_dir, limited_target(sink, "destination rate 1 1s"))
+    for rcpt in ["a@one.test", "b@one.test", "c@one.test"]:
+        assert send(gmta.port(), [rcpt]) == {}
+    finished = sorted(dump_times(sink).values())
+    assert len(finished) == 3
+    # One message per second, allowing for the timer's and the sink's granularity.
+    assert all(gap >= 0.8 for gap in gaps(finished)), finished
 
 
 # --- SMTPUTF8 and 8BITMIME to a server without them (maddy-behaviour §2.5). -----------
