@@ -231,10 +231,11 @@ def test_all_concurrency_1_never_overlaps_connections(start_gmta, state_dir, smt
     # together, serial ones at least a second apart.
     sink = smtp_sink("-W", "CONNECT:1")
     gmta = gmta_with_target(start_gmta, state_dir, limited_target(sink, "all concurrency 1"))
-    rcpts = ["a@one.test", "b@two.test", "c@three.test"]
-    assert send_in_parallel(gmta.port(), [[r] for r in rcpts]) == [{}, {}, {}]
+    # Two messages: the second waits about one session for the slot, well inside the
+    # limits' 5 s wait even on a busy machine.
+    assert send_in_parallel(gmta.port(), [["a@one.test"], ["b@two.test"]]) == [{}, {}]
     finished = sorted(dump_times(sink).values())
-    assert len(finished) == 3
+    assert len(finished) == 2
     assert all(gap >= 0.9 for gap in gaps(finished)), finished
 
 
