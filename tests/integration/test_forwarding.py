@@ -1,7 +1,9 @@
 """target.smtp and target.lmtp against real peers (maddy-behaviour §3.6 T1–T6).
 
-Smarthost: Postfix's smtp-sink, and gmta's own smtp/submission endpoints where the
-downstream must do STARTTLS or AUTH. Mailbox server: a private Dovecot LMTP.
+Smarthost: Postfix's smtp-sink (also without 8BITMIME, and it never offers SMTPUTF8;
+with delays, to watch limits), gmta's own smtp/submission endpoints where the
+downstream must do STARTTLS, AUTH or SMTPUTF8, and Dovecot's submission server for
+AUTH EXTERNAL with a client certificate. Mailbox server: a private Dovecot LMTP.
 Everything runs the real ``gmta run``, except the per-recipient LMTP checks, which
 drive the configured target in this process (the endpoints in front of it answer
 for the whole message today).
