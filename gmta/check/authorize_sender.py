@@ -4,7 +4,9 @@ The envelope sender, and with ``check_header`` the From (or Sender) field,
 must be an address the authenticated user may use: ``prepare_email`` maps an
 address to its canonical form first (aliases), then ``user_to_email`` lists
 what the user may use: addresses, whole domains, or ``*``. With the default
-``identity`` tables the user name must be the address itself.
+``identity`` tables the user name must be the address itself. Addresses are compared
+case-folded, as maddy's default ``precis_casefold_email`` does (maddy-behaviour §3.1 E7:
+``E\u0301@EXAMPLE1.org`` is ``é@example1.org``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import email.utils
+import unicodedata
 
 import gmta.log
 from gmta.check.action import REJECT, Action, ActionType
@@ -31,10 +34,19 @@ LOOKUP_FAILED = SMTPError(451, (4, 7, 1), "Unable to check sender address, try a
 
 
 def _normalize(address: str) -> str | None:
+    """*address* with its local part case-folded, or None if it cannot be normalised.
+
+    RFC 8265 §3.3.2 (the PRECIS UsernameCaseMapped profile that maddy's
+    ``precis_casefold_email`` applies): case folding, then NFC. Mailbox names are
+    case-sensitive in SMTP (RFC 5321 §2.4), but who may use which address is not.
+    """
     try:
-        return normalize_address(address, sender=True)
+        normalized = normalize_address(address, sender=True)
     except SMTPError:
         return None
+    local, domain = split_address(normalized)
+    local = unicodedata.normalize("NFC", local.casefold())
+    return f"{local}@{domain}" if domain else local
 
 
 @register
@@ -119,7 +131,10 @@ class _AuthorizeState(CheckState):
         user = self._user()
         if user is None:
             return self.check.unauth_action.apply(UNAUTHENTICATED)
-        fields = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
+        # RFC 6532 §3.2: an SMTPUTF8 message's fields are UTF-8, so the addresses in them
+        # are too (the bytes parser would turn those bytes into U+FFFD).
+        text = header.decode("utf-8", "surrogateescape")
+        fields = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(text)
         # RFC 5322 §3.6.2: Sender names the one who sent it when From lists several.
         value = fields.get_all("Sender") or fields.get_all("From") or []
         addresses = email.utils.getaddresses([str(v) for v in value])

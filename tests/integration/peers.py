@@ -1,4 +1,5 @@
-"""Real peers for the integration tests: Postfix's smtp-sink and a private Dovecot LMTP.
+"""Real peers for the integration tests: Postfix's smtp-sink, a private Dovecot LMTP and a
+private Dovecot submission server (AUTH EXTERNAL with client certificates).
 
 Each peer is started on a free 127.0.0.1 port (or a unix socket) in a directory of its
 own, waited for until it answers with a banner (with a deadline), and stopped at the
@@ -7,8 +8,9 @@ directories are created world-accessible under /tmp (pytest's tmp_path is privat
 root).
 
 Fixtures: ``smtp_sink`` (``smtp_sink(*options)`` → SmtpSink), ``dovecot_lmtp``
-(``dovecot_lmtp(users)`` → DovecotLMTP), ``free_port``, ``ca`` (a test CA that issues
-server and client certificates).
+(``dovecot_lmtp(users)`` → DovecotLMTP), ``dovecot_submission``
+(``dovecot_submission(ca, relay_port)`` → DovecotSubmission), ``free_port``, ``ca`` (a test
+CA that issues server and client certificates).
 """
 
 from __future__ import annotations
@@ -267,6 +269,131 @@ def dovecot_lmtp():
 
     def start(users: dict[str, str | None]) -> DovecotLMTP:
         server = DovecotLMTP(users)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+# --- Dovecot submission with AUTH EXTERNAL ------------------------------------------
+
+# Dovecot's submission server (Debian dovecot-submissiond) is the real SMTP server in
+# Debian 12 that offers SASL EXTERNAL: after STARTTLS it verifies the client certificate
+# against ssl_ca and takes the user name from its commonName (auth_ssl_username_from_cert).
+# Postfix's smtpd does not offer EXTERNAL, and Exim conflicts with Postfix. Authenticated
+# mail is relayed to submission_relay_host, an smtp-sink the test reads.
+DOVECOT_SUBMISSION_CONF = """\
+base_dir = {dir}/run
+state_dir = {dir}/state
+log_path = {dir}/dovecot.log
+protocols = submission
+listen = 127.0.0.1
+hostname = submission.test
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+ssl_ca = <{ca}
+ssl_verify_client_cert = yes
+# The test CA publishes no CRL; Dovecot's default insists on one for client certificates.
+ssl_require_crl = no
+auth_ssl_require_client_cert = yes
+auth_ssl_username_from_cert = yes
+ssl_cert_username_field = commonName
+auth_mechanisms = external
+auth_verbose = yes
+default_internal_user = {internal}
+default_login_user = {login}
+first_valid_uid = 1
+mail_location = maildir:{dir}/mail/%u
+submission_relay_host = 127.0.0.1
+submission_relay_port = {relay_port}
+submission_relay_trusted = yes
+# EXTERNAL verifies an empty password: the certificate is the credential.
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={dir}/home/%u
+}}
+service submission-login {{
+  inet_listener submission {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener submissions {{
+    port = 0
+  }}
+}}
+"""
+
+
+class DovecotSubmission:
+    """A private Dovecot submission server on 127.0.0.1:port relaying to *relay_port*.
+
+    Its server certificate (for ``submission.test`` and 127.0.0.1) and the CA it trusts for
+    client certificates both come from *ca*.
+    """
+
+    def __init__(self, ca: "TestCA", relay_port: int):
+        binary = _need("dovecot")
+        if not os.path.exists("/usr/lib/dovecot/submission-login"):
+            pytest.fail("dovecot-submissiond is not installed: run the README's test command "
+                        "(bash tests/run)")
+        self.dir = world_dir("gmta-dovecot-submission-")
+        for sub in ("run", "state", "mail", "home"):
+            (self.dir / sub).mkdir()
+            (self.dir / sub).chmod(0o777)
+        # Dovecot's config process reads these files (as root) and hands their contents on.
+        cert, key = ca.issue("submission.test")
+        self.port = free_port()
+        nobody = pwd.getpwnam("nobody")
+        self.config = self.dir / "dovecot.conf"
+        self.config.write_text(DOVECOT_SUBMISSION_CONF.format(
+            dir=self.dir, port=self.port, relay_port=relay_port, cert=cert, key=key,
+            ca=ca.cert_path, uid=nobody.pw_uid,
+            gid=nobody.pw_gid, internal=_user_or("dovecot", "nobody"),
+            login=_user_or("dovenull", "nobody")))
+        self.process = subprocess.Popen([binary, "-F", "-c", str(self.config)],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+        try:
+            wait_for_banner(("127.0.0.1", self.port), process=self.process)
+        except AssertionError as e:
+            log = self.log()
+            self.stop()
+            raise AssertionError(f"{e}\n{log}") from None
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        path = self.dir / "dovecot.log"
+        return path.read_text() if path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in (found := self.log()):
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in Dovecot's log:\n{self.log()}")
+
+    def stop(self) -> None:
+        _stop(self.process)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot_submission():
+    started: list[DovecotSubmission] = []
+
+    def start(ca: "TestCA", relay_port: int) -> DovecotSubmission:
+        server = DovecotSubmission(ca, relay_port)
         started.append(server)
         return server
 

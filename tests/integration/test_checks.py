@@ -1,9 +1,11 @@
 """Sender authentication against the real ``gmta run`` and a real DNS server (knot).
 
-maddy-behaviour §3.1 E3–E8, E13: SPF results and action overrides, the HELO
-identity of the null sender, DMARC reject/quarantine/none and subdomain
-policy, DNSBL listing and score offset, an external command, early checks
-at EHLO. Clients connect from chosen 127.0.0.x addresses.
+maddy-behaviour §3.1 E3–E8, E13, E14: SPF results and action overrides, the HELO
+identity of the null sender, trusted and untrusted PROXY headers, DMARC
+reject/quarantine/none and subdomain policy, DNSBL listing and score offset,
+rDNS matching, an external command, early checks at EHLO, deferred sender
+refusals. E7 (authorize_sender) is in test_authorize_sender.py. Clients connect
+from chosen 127.0.0.x addresses.
 """
 
 from __future__ import annotations
@@ -142,6 +144,45 @@ def test_spf_follows_the_proxied_client_address(start_gmta, state_dir, dns_serve
         sock.sendall(b"RSET\r\nMAIL FROM:<user@fail.spf.test>\r\n")
         assert reader.readline().startswith(b"250")
         assert reader.readline().startswith(b"552")
+
+
+def test_spf_judges_the_real_address_behind_an_untrusted_proxy(start_gmta, state_dir,
+                                                               dns_server):
+    """E3, second half: a PROXY header from an untrusted peer is not believed."""
+    spf_zone(dns_server)
+    dns_server.start()
+    inner = SPF_OVERRIDES + "    proxy_protocol {\n        trust 10.0.0.0/8\n    }\n"
+    gmta = start_gmta(endpoint(state_dir, dns_server, inner))
+    import socket
+    with socket.create_connection(("127.0.0.1", gmta.port()), timeout=10) as sock:
+        sock.sendall(f"PROXY TCP4 {CLIENT_IP} 127.0.0.1 4000 25\r\n".encode())
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        sock.sendall(b"EHLO client.test\r\n")
+        while not reader.readline().startswith(b"250 "):
+            pass
+        # pass.spf.test allows CLIENT_IP only; the session's address is 127.0.0.1.
+        sock.sendall(b"MAIL FROM:<user@pass.spf.test>\r\n")
+        assert reader.readline().startswith(b"552 5.7.0")
+
+
+def test_deferred_sender_refusal_answers_every_rcpt(start_gmta, state_dir, dns_server):
+    """E14: with defer_sender_reject yes, MAIL gets 250 and each RCPT, repeated
+    addresses too, the sender check's refusal."""
+    spf_zone(dns_server)
+    dns_server.start()
+    inner = SPF_OVERRIDES.replace("defer_sender_reject no", "defer_sender_reject yes")
+    gmta = start_gmta(endpoint(state_dir, dns_server, inner))
+    with connect(gmta) as client:
+        assert client.mail("<user@fail.spf.test>")[0] == 250
+        replies = [client.rcpt(rcpt) for rcpt in ("a@local.test", "a@local.test", "b@local.test")]
+        assert len(set(replies)) == 1, replies
+        code, text = replies[0]
+        assert (code, text[:5]) == (552, b"5.7.0"), text
+        # The next transaction is judged afresh.
+        client.rset()
+        assert client.mail("<user@pass.spf.test>")[0] == 250
+        assert client.rcpt("a@local.test")[0] == 250
 
 
 def test_spf_result_in_authentication_results(start_gmta, state_dir, dns_server):
@@ -333,6 +374,33 @@ def test_require_mx_record(start_gmta, state_dir, dns_server):
         code, _ = client.mail("<u@nullmx.mx.test>")
         assert code == 556
         assert client.mail("<>")[0] == 250
+
+
+def test_require_matching_rdns(start_gmta, state_dir, dns_server):
+    """The EHLO name must match the client's forward-confirmed PTR name (550 5.7.25)."""
+    dns_server.zone("rdns.test", ["mail A 127.0.0.5", "liar A 127.0.0.99"])
+    dns_server.ptr("127.0.0.5", "mail.rdns.test")
+    dns_server.ptr("127.0.0.6", "liar.rdns.test")   # does not resolve back to .6
+    dns_server.start()
+    inner = """    check {
+        require_matching_rdns {
+            fail_action reject
+        }
+    }"""
+    gmta = start_gmta(endpoint(state_dir, dns_server, inner))
+    with connect(gmta, source="127.0.0.5", helo="mail.rdns.test") as client:
+        assert send(client, "u@example.test", "a@local.test")[0] == 250
+    # A subdomain of the PTR name (or the other way round) matches too.
+    with connect(gmta, source="127.0.0.5", helo="rdns.test") as client:
+        assert send(client, "u@example.test", "b@local.test")[0] == 250
+    with connect(gmta, source="127.0.0.5", helo="elsewhere.test") as client:
+        code, text = send(client, "u@example.test", "c@local.test")
+        assert (code, text[:6]) == (550, "5.7.25"), text
+    with connect(gmta, source="127.0.0.6", helo="liar.rdns.test") as client:
+        code, text = send(client, "u@example.test", "d@local.test")
+        assert (code, text[:6]) == (550, "5.7.25"), text
+    assert len(maildir_messages(state_dir, "a@local.test")) == 1
+    assert maildir_messages(state_dir, "c@local.test") == []
 
 
 def test_command_check(start_gmta, state_dir, dns_server, tmp_path):

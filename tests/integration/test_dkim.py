@@ -172,3 +172,41 @@ def _drop_signature(lines: list[bytes], marker: bytes) -> bytes:
     kept = [f for f in fields
             if not (f[0].lower().startswith(b"dkim-signature") and marker in b"".join(f))]
     return b"\r\n".join([line for f in kept for line in f] + lines[end:])
+
+
+def test_dmarc_passes_on_an_aligned_dkim_signature_when_spf_fails(signed, start_gmta, tmp_path,
+                                                                   dns_server):
+    """RFC 7489 §4.2: either aligned identifier passing is enough. SPF fails for
+    sign.test from 127.0.0.1; gmta's DKIM signature carries the message, and a
+    tampered copy (DKIM fail too) meets the p=reject policy."""
+    _, message, records = signed
+    dns_server.zone("sign.test", records + ['@ TXT "v=spf1 -all"',
+                                            '_dmarc TXT "v=DMARC1; p=reject"'])
+    dns_server.reload()
+    verifier_state = tmp_path / "verifier"
+    verifier_state.mkdir()
+    verifier = start_gmta(base_config(verifier_state, f"tls off\ndns_servers "
+                                                      f"{dns_server.directive}") + """
+target.maildir local_mailboxes {
+    path maildir/{domain}/{local}
+}
+smtp tcp://127.0.0.1:0 {
+    dmarc yes
+    check {
+        spf
+        dkim
+    }
+    deliver_to &local_mailboxes
+}
+""")
+    with smtplib.SMTP("127.0.0.1", verifier.port(), timeout=30) as client:
+        client.sendmail("alice@sign.test", ["erin@local.test"], message)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("alice@sign.test", ["frank@local.test"],
+                            message.replace(b"Hello,", b"Bye,"))
+    assert refused.value.smtp_code == 550
+    assert refused.value.smtp_error.startswith(b"5.7.1")
+    [stored] = maildir_messages(verifier_state, "erin@local.test")
+    results = stored.split(b"Authentication-Results: ", 1)[1].split(b"\r\n\r\n")[0]
+    assert b"spf=fail" in results and b"dmarc=pass header.from=sign.test" in results
+    assert maildir_messages(verifier_state, "frank@local.test") == []

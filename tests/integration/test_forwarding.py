@@ -1,7 +1,9 @@
 """target.smtp and target.lmtp against real peers (maddy-behaviour §3.6 T1–T6).
 
-Smarthost: Postfix's smtp-sink, and gmta's own smtp/submission endpoints where the
-downstream must do STARTTLS or AUTH. Mailbox server: a private Dovecot LMTP.
+Smarthost: Postfix's smtp-sink (also without 8BITMIME, and it never offers SMTPUTF8;
+with delays, to watch limits), gmta's own smtp/submission endpoints where the
+downstream must do STARTTLS, AUTH or SMTPUTF8, and Dovecot's submission server for
+AUTH EXTERNAL with a client certificate. Mailbox server: a private Dovecot LMTP.
 Everything runs the real ``gmta run``, except the per-recipient LMTP checks, which
 drive the configured target in this process (the endpoints in front of it answer
 for the whole message today).
@@ -13,6 +15,8 @@ for the whole message today).
 
 from __future__ import annotations
 
+import concurrent.futures
+import email
 import smtplib
 import subprocess
 
@@ -24,7 +28,8 @@ from gmta.buffer import MemoryBuffer
 from gmta.delivery import MessageMeta, PartialDeliveryError
 from gmta.errors import SMTPError
 from tests.integration.conftest import GMTA, base_config, maildir_messages
-from tests.integration.peers import ca, dovecot_lmtp, free_port, smtp_sink  # noqa: F401
+from tests.integration.peers import (TestCA, ca, dovecot_lmtp, dovecot_submission,  # noqa: F401
+                                     free_port, smtp_sink)
 
 pytestmark = pytest.mark.integration
 
@@ -199,6 +204,148 @@ def test_untrusted_certificate_with_require_tls_fails(start_gmta, state_dir, tls
     assert maildir_messages(tls_downstream.state_dir, "b@example.test") == []
 
 
+# --- limits (maddy #757: throttling a rate-limited smarthost). --------------------------
+
+def send_in_parallel(port: int, rcpt_lists: list[list[str]]) -> list:
+    with concurrent.futures.ThreadPoolExecutor(len(rcpt_lists)) as pool:
+        return list(pool.map(lambda rcpts: send(port, rcpts), rcpt_lists))
+
+
+def dump_times(sink) -> dict[str, float]:
+    """When smtp-sink finished writing each transaction, by its first recipient."""
+    times = {}
+    for path in sink.dump_dir.iterdir():
+        rcpt = email.message_from_bytes(path.read_bytes())["X-Rcpt-Args"]
+        times[rcpt.strip("<>")] = path.stat().st_mtime
+    return times
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in zip(times[:-1], times[1:], strict=True)]
+
+
+def limited_target(sink, limits: str) -> str:
+    return f"target.smtp {{\n targets {sink.address}\n limits {{\n {limits}\n }}\n}}"
+
+
+def test_all_concurrency_1_never_overlaps_connections(start_gmta, state_dir, smtp_sink):
+    # Each session waits a second for the greeting: overlapping sessions would end
+    # together, serial ones at least a second apart.
+    sink = smtp_sink("-W", "CONNECT:1")
+    gmta = gmta_with_target(start_gmta, state_dir, limited_target(sink, "all concurrency 1"))
+    # Two messages: the second waits about one session for the slot, well inside the
+    # limits' 5 s wait even on a busy machine.
+    assert send_in_parallel(gmta.port(), [["a@one.test"], ["b@two.test"]]) == [{}, {}]
+    finished = sorted(dump_times(sink).values())
+    assert len(finished) == 2
+    assert all(gap >= 0.9 for gap in gaps(finished)), finished
+
+
+def test_destination_concurrency_1_serialises_one_domain_only(start_gmta, state_dir, smtp_sink):
+    # The destination slot is taken at the first RCPT of that domain, so the
+    # sink's one-second wait before answering DATA is what serialises.
+    sink = smtp_sink("-w", "1")
+    gmta = gmta_with_target(start_gmta, state_dir,
+                            limited_target(sink, "destination concurrency 1"))
+    results = send_in_parallel(gmta.port(), [["a@one.test"], ["b@one.test"], ["c@two.test"]])
+    assert results == [{}, {}, {}]
+    finished = dump_times(sink)
+    first, second = sorted([finished["a@one.test"], finished["b@one.test"]])
+    assert second - first >= 0.9, finished
+    # two.test had its own slot: it did not wait behind both one.test messages.
+    assert finished["c@two.test"] < second, finished
+
+
+def test_destination_rate_spaces_messages_to_one_domain(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink()
+    gmta = gmta_with_target(start_gmta, state_dir, limited_target(sink, "destination rate 1 1s"))
+    for rcpt in ["a@one.test", "b@one.test", "c@one.test"]:
+        assert send(gmta.port(), [rcpt]) == {}
+    finished = sorted(dump_times(sink).values())
+    assert len(finished) == 3
+    # One message per second, allowing for the timer's and the sink's granularity.
+    assert all(gap >= 0.8 for gap in gaps(finished)), finished
+
+
+# --- SMTPUTF8 and 8BITMIME to a server without them (maddy-behaviour §2.5). -----------
+
+def send_utf8(port: int, sender: str, rcpts: list[str], message: bytes = MESSAGE,
+              options: tuple[str, ...] = ("SMTPUTF8",)):
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail(sender, rcpts, message, mail_options=list(options))
+
+
+def test_utf8_domains_become_a_labels_for_a_server_without_smtputf8(start_gmta, state_dir,
+                                                                    smtp_sink):
+    sink = smtp_sink()   # smtp-sink never offers SMTPUTF8
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    assert send_utf8(gmta.port(), "a@bücher.example", ["b@bücher.example"]) == {}
+    [dumped] = sink.wait_for_messages(1)
+    # RFC 6531 §3.4 / maddy-behaviour §2.5: no SMTPUTF8 parameter, A-label domains.
+    assert dumped["X-Mail-Args"] == "<a@xn--bcher-kva.example>"
+    assert dumped["X-Rcpt-Args"] == "<b@xn--bcher-kva.example>"
+
+
+def test_utf8_local_part_to_a_server_without_smtputf8_is_refused(start_gmta, state_dir,
+                                                                 smtp_sink):
+    sink = smtp_sink()
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    refused = send_utf8(gmta.port(), "a@example.org", ["b@example.test", "jürgen@example.test"])
+    code, text = refused["jürgen@example.test"]
+    assert (code, text[:5]) == (553, b"5.6.7"), text
+    assert b"SMTPUTF8 is unsupported" in text
+    [dumped] = sink.wait_for_messages(1)
+    assert dumped.get_all("X-Rcpt-Args") == ["<b@example.test>"]
+    # The sender's local part cannot be converted either: 550 5.6.7 for every recipient.
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send_utf8(gmta.port(), "jürgen@example.org", ["b@example.test"])
+    code, text = refused.value.recipients["b@example.test"]
+    assert (code, text[:5]) == (550, b"5.6.7"), text
+    assert len(sink.messages()) == 1
+
+
+def test_smtputf8_is_passed_on_to_a_server_that_offers_it(start_gmta, state_dir,
+                                                          tls_downstream):
+    downstream = tls_downstream()   # a gmta smtp endpoint: it offers SMTPUTF8
+    gmta = gmta_with_target(start_gmta, state_dir,
+                            f"smtp tcp://127.0.0.1:{downstream.port()}")
+    message = "From: jürgen@bücher.example\r\nSubject: Grüße\r\n\r\nHallo.\r\n".encode()
+    assert send_utf8(gmta.port(), "jürgen@bücher.example", ["jörg@example.test"], message) == {}
+    # The downstream takes a non-ASCII MAIL only with SMTPUTF8 (else 550 5.6.7).
+    downstream.wait_for(r"event=accepted .*sender=jürgen@bücher\.example")
+    [stored] = maildir_messages(tls_downstream.state_dir, "jörg@example.test")
+    assert "Subject: Grüße".encode() in stored
+
+
+def test_8bit_content_to_a_server_without_8bitmime_is_refused(start_gmta, state_dir,
+                                                              smtp_sink):
+    sink = smtp_sink("-8")   # no 8BITMIME in EHLO
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    eight_bit = "From: a@example.org\r\nSubject: x\r\n\r\nGrüße\r\n".encode()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send_utf8(gmta.port(), "a@example.org", ["b@example.test"], eight_bit,
+                  options=("BODY=8BITMIME",))
+    # RFC 6152 §3: convert or return; gmta does not convert (RFC 3463 X.6.3).
+    assert refused.value.smtp_code == 554
+    assert refused.value.smtp_error.startswith(b"5.6.3 8-bit content")
+    # Declared 8BITMIME but 7-bit in fact: delivered, without the BODY parameter.
+    assert send_utf8(gmta.port(), "a@example.org", ["b@example.test"],
+                     options=("BODY=8BITMIME",)) == {}
+    [dumped] = sink.wait_for_messages(1)
+    assert dumped["X-Mail-Args"] == "<a@example.org>"
+
+
+def test_8bitmime_is_passed_on_to_a_server_that_offers_it(start_gmta, state_dir, smtp_sink):
+    sink = smtp_sink()
+    gmta = gmta_with_target(start_gmta, state_dir, f"smtp {sink.address}")
+    eight_bit = "From: a@example.org\r\nSubject: x\r\n\r\nGrüße\r\n".encode()
+    assert send_utf8(gmta.port(), "a@example.org", ["b@example.test"], eight_bit,
+                     options=("BODY=8BITMIME",)) == {}
+    [dumped] = sink.wait_for_messages(1)
+    assert dumped["X-Mail-Args"] == "<a@example.org> BODY=8BITMIME"
+    assert dumped.get_payload(decode=True).startswith("Grüße\n".encode())
+
+
 # --- AUTH. ------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -298,6 +445,55 @@ def test_auth_forward_without_client_credentials_is_530(start_gmta, state_dir, s
         send(gmta.port(), ["b@example.test"])
     assert refused.value.recipients["b@example.test"] == (
         530, b"5.7.0 Authentication is required")
+
+
+def external_target(server, ca, cert, key) -> str:
+    return f"""target.smtp {{
+    targets {server.address}
+    require_tls yes
+    auth external
+    tls_client {{
+        root_ca {ca.cert_path}
+        cert {cert}
+        key {key}
+    }}
+}}"""
+
+
+def test_auth_external_with_a_client_certificate(start_gmta, state_dir, ca, smtp_sink,
+                                                 dovecot_submission):
+    # A real EXTERNAL server: Dovecot's submission service takes the user name from
+    # the certificate's commonName and relays the mail to the sink.
+    sink = smtp_sink()
+    dovecot = dovecot_submission(ca, sink.port)
+    cert, key = ca.issue("alice@example.org", client=True)
+    gmta = gmta_with_target(start_gmta, state_dir, external_target(dovecot, ca, cert, key))
+    assert send(gmta.port(), ["b@example.test"], sender="alice@example.org") == {}
+    [relayed] = sink.wait_for_messages(1)
+    # Dovecot passes the authenticated identity on as MAIL's AUTH= parameter.
+    assert relayed["X-Mail-Args"] == "<alice@example.org> AUTH=alice@example.org"
+    assert relayed["Subject"] == "forwarded"
+    # Received fields: smtp-sink's, Dovecot's (an authenticated TLS session), gmta's.
+    assert "by submission.test with ESMTPSA" in relayed.get_all("Received")[1]
+    dovecot.wait_for_log("user=<alice@example.org>, method=EXTERNAL")
+
+
+def test_auth_external_with_an_untrusted_certificate_is_not_delivered(
+        start_gmta, state_dir, ca, tmp_path, smtp_sink, dovecot_submission):
+    sink = smtp_sink()
+    dovecot = dovecot_submission(ca, sink.port)
+    other_dir = tmp_path / "other-ca"
+    other_dir.mkdir()
+    cert, key = TestCA(other_dir).issue("mallory@example.org", client=True)
+    gmta = gmta_with_target(start_gmta, state_dir, external_target(dovecot, ca, cert, key))
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(gmta.port(), ["b@example.test"], sender="mallory@example.org")
+    # Dovecot refuses the certificate in the TLS layer and closes the connection (after
+    # the client's Finished, in TLS 1.3): gmta cannot tell why, so it is temporary.
+    code, text = refused.value.recipients["b@example.test"]
+    assert (code, text[:5]) == (451, b"4.4.2"), text
+    dovecot.wait_for_log("client sent an invalid cert")
+    assert sink.messages() == []
 
 
 # --- T5, T6: LMTP to Dovecot. -----------------------------------------------------------

@@ -57,3 +57,10 @@ def test_authentication_results_field_and_forgeries():
               b"Authentication-Results: other.test; spf=fail\r\nSubject: s\r\n\r\n")
     assert remove_forged(header, "mx.test") == (
         b"Received: x\r\nAuthentication-Results: other.test; spf=fail\r\nSubject: s\r\n\r\n")
+
+
+def test_authorize_sender_compares_case_folded_addresses():
+    # maddy's precis_casefold_email (E7): case folding then NFC; domains normalised.
+    from gmta.check.authorize_sender import _normalize
+    assert _normalize("E\u0301@EXAMPLE1.org") == "é@example1.org"
+    assert _normalize("Alice@Bücher.Example") == "alice@bücher.example"
