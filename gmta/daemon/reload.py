@@ -260,7 +260,10 @@ class Reloader:
             endpoint.stop_accepting()
         timeout = old.shutdown_timeout
         for instance in new.running:
-            instance.take_over(timeout)
+            try:
+                instance.take_over(timeout)
+            except Exception as e:  # the new configuration runs; this one module is short
+                log.error("take_over_failed", instance=instance.instance_name, error=repr(e))
         retiring = gevent.spawn(old.retire)
         self.retiring[retiring] = old
         retiring.link(lambda greenlet: self.retiring.pop(greenlet, None))
