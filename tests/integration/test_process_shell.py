@@ -135,15 +135,11 @@ def wait_for_text(path: Path, text: str, timeout: float = 10.0) -> None:
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-def _free_privileged_port() -> int:
-    for port in range(1023, 900, -1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+def _free_privileged_port(below: int = 1024) -> int:
+    for port in range(below - 1, 900, -1):
+        if _port_is_free(port):
             return port
-    pytest.skip("no free port below 1024 on 127.0.0.1")
+    pytest.skip(f"no free port below {below} on 127.0.0.1")
 
 
 @pytest.fixture
@@ -205,6 +201,31 @@ smtp tcp://127.0.0.1:{port} tcp://127.0.0.1:0 {{
         new = state / "maildir" / "gmta.test" / "bob" / "new"
         assert {p.stat().st_uid for p in new.iterdir()} == {nobody.pw_uid}
         assert state.stat().st_uid == nobody.pw_uid
+
+        # Reload as nobody: the privileged port is handed over, never bound again...
+        text = config.read_text()
+        config.write_text(text.replace("hostname mx.gmta.test", "hostname two.gmta.test"))
+        gmta.proc.send_signal(signal.SIGHUP)
+        gmta.wait_for(r"event=reloaded")
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            assert b"two.gmta.test" in client.ehlo()[1]
+        # ...but a new one cannot be bound any more: refused, and the log says why.
+        other = _free_privileged_port(below=port)
+        config.write_text(text.replace("tcp://127.0.0.1:0 {", f"tcp://127.0.0.1:{other} {{"))
+        gmta.proc.send_signal(signal.SIGHUP)
+        line = gmta.wait_for(r"event=reload_failed")
+        assert "Permission denied" in line and "CAP_NET_BIND_SERVICE" in line
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            assert b"two.gmta.test" in client.ehlo()[1]
     finally:
         assert gmta.stop() == 0
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
