@@ -200,9 +200,18 @@ class QueueTarget(Module):
 
     def stop(self) -> None:
         self.stopping = True
-        if self._taking_over is not None:
+        if self._taking_over is not None and not self._taking_over.dead:
+            # gmta stops while this queue still waits for the old scheduler's
+            # attempts: those get the usual stop grace, as if never reloaded.
             self._taking_over.kill(block=True, timeout=5)
-        self.scheduler.stop()
+            if self.predecessor is not None:
+                self.predecessor.stopping = True
+                self.predecessor.scheduler.stop()
+        if not self.scheduler.retired:
+            self.scheduler.stop()
+        # else: reloaded, the successor runs this directory and waits (up to
+        # shutdown_timeout) for the attempts still running here; they are not
+        # cut short because the old configuration's sessions have ended.
         self.log.info("queue_stopped", queue=self.instance_name)
 
     # -- reload: one scheduler per directory ---------------------------------------------

@@ -53,6 +53,9 @@ def test_the_old_scheduler_finishes_its_attempt_then_the_new_one_delivers(tmp_pa
         submit(new, ["third@d.test"])
         gevent.sleep(0.1)
         assert new_target.attempts == []  # nothing is dispatched twice at once
+        # The old configuration's sessions are gone: its queue stops, and its
+        # running attempt is not cut short (the new queue still waits for it).
+        old.stop()
         old_target.release.set()
         settle(new)
     finally:
