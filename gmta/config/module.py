@@ -66,6 +66,27 @@ class Module:
     def stop(self) -> None:
         """Stop work; called in the reverse order of ``start``."""
 
+    # -- reload (gmta.daemon.reload) ------------------------------------------------
+
+    def exclusive_key(self) -> object | None:
+        """What only one instance in the process may work on at a time, or None.
+
+        A queue's directory, for one: two schedulers on one spool would each
+        run it. On reload, the new instance with the key of an old one is
+        told to ``follow`` it, and later to ``take_over`` that work.
+        """
+        return None
+
+    def follow(self, predecessor: "Module") -> None:
+        """Before ``start()`` on reload: *predecessor* (same key) still does the exclusive work."""
+
+    def take_over(self, timeout: float) -> None:
+        """After every new instance started: take the exclusive work from the predecessor.
+
+        Must not block: the predecessor may need up to *timeout* seconds to
+        finish what it is doing; wait for that in a greenlet.
+        """
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.instance_name}>"
 

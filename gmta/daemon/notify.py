@@ -2,8 +2,10 @@
 
 When systemd starts a ``Type=notify`` service it sets ``$NOTIFY_SOCKET`` to a
 unix datagram socket; the service sends newline-separated ``KEY=VALUE``
-assignments to it: ``READY=1`` once it serves, ``STOPPING=1`` when it begins
-to stop, ``STATUS=...`` as a one-line status for ``systemctl status``.
+assignments to it: ``READY=1`` once it serves, ``RELOADING=1`` when a reload
+begins (then ``READY=1`` again when it is done, whether the new configuration
+was taken or refused), ``STOPPING=1`` when it begins to stop, ``STATUS=...``
+as a one-line status for ``systemctl status``.
 Outside systemd the variable is unset and every call does nothing.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import gmta.log
 
@@ -48,6 +51,13 @@ class Notifier:
 
     def ready(self, status: str) -> bool:
         return self.notify(ready=1, status=status)
+
+    def reloading(self, status: str) -> bool:
+        # sd_notify(3): MONOTONIC_USEC= (CLOCK_MONOTONIC in µs) goes with
+        # RELOADING=1; systemd ≥ 253 uses it to match the reload it asked for
+        # (Type=notify-reload) and older versions ignore it.
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify(reloading=1, monotonic_usec=usec, status=status)
 
     def stopping(self, status: str) -> bool:
         return self.notify(stopping=1, status=status)

@@ -5,7 +5,7 @@ takes signals off the queue and acts. SIGTERM and SIGINT stop the modules in
 the reverse order of starting them (endpoints let open transactions finish
 within their ``shutdown_timeout``); a second signal during that drain stops
 at once with exit status 1. SIGUSR1 reopens the log files. SIGHUP and SIGUSR2
-(reload, DESIGN §2) are logged and otherwise ignored until reload exists.
+reload the configuration (DESIGN §2; the work is in ``gmta.daemon.reload``).
 
 Start-up order: directories, then every listener is bound (as root if
 started as root), then root is dropped for the ``run_as`` user, then the
@@ -26,6 +26,7 @@ from gmta import __version__
 from gmta.config.loader import LoadedConfig
 from gmta.daemon import privileges
 from gmta.daemon.notify import Notifier
+from gmta.daemon.reload import Generation, Reloader
 
 log = gmta.log.get("daemon")
 
@@ -57,6 +58,11 @@ def _give_log_files(owner: privileges.RunAs) -> None:
     # and must be able to reopen them on SIGUSR1.
     for path in gmta.log.file_paths():
         os.chown(path, owner.uid, owner.gid)
+
+
+def _apply_logging(config: LoadedConfig) -> None:
+    # On reload: the log targets may have changed; files are reopened either way.
+    gmta.log.setup(config.globals.log, config.globals.debug)
 
 
 def serve(config: LoadedConfig) -> int:
@@ -101,17 +107,19 @@ def serve(config: LoadedConfig) -> int:
         log.info("started", version=__version__, config=config.file, pid=os.getpid(),
                  endpoints=len(config.endpoints))
         notifier.ready(f"accepting mail on {len(config.endpoints)} endpoint(s)")
-        sig = _wait_for_stop(signals)
+        reloader = Reloader(Generation(config, started), notifier,
+                            prepare=prepare_directories, apply_logging=_apply_logging)
+        started = []
+        sig = _wait_for_stop(signals, reloader)
         log.info("stopping", signal=signal.Signals(sig).name)
         notifier.stopping("draining open sessions")
         # The drain runs beside this greenlet, so a second signal can cut it
         # short: everything already acknowledged with 250 is on disk, and a
         # transaction cut off here was never acknowledged.
-        drain = gevent.spawn(_stop_all, list(reversed(started)))
-        started = []
+        drain = gevent.spawn(reloader.stop)
         # Only a stop signal cuts the drain short; SIGUSR1 from logrotate
         # during a drain still just reopens the logs.
-        second = gevent.spawn(_wait_for_stop, signals)
+        second = gevent.spawn(_wait_for_stop, signals, None)
         gevent.wait([drain, second], count=1)
         if not drain.ready():
             log.warning("stopping_now", signal=signal.Signals(second.value).name)
@@ -126,8 +134,12 @@ def serve(config: LoadedConfig) -> int:
     return 0
 
 
-def _wait_for_stop(signals: Queue) -> int:
-    """Act on the signals that do not stop gmta until one that does arrives; return it."""
+def _wait_for_stop(signals: Queue, reloader: Reloader | None) -> int:
+    """Act on the signals that do not stop gmta until one that does arrives; return it.
+
+    A reload runs in this greenlet: signals that arrive meanwhile wait in
+    the queue (a stop right after a reload stops the new configuration).
+    """
     while True:
         sig = signals.get()
         if sig in STOP_SIGNALS:
@@ -142,11 +154,11 @@ def _wait_for_stop(signals: Queue) -> int:
                           path=getattr(e, "filename", None))
             else:
                 log.info("logs_reopened", files=count)
+        elif reloader is not None:
+            reloader.reload(signal.Signals(sig).name)
         else:
-            # Reload comes with the queue (issue 9); until then a reload signal
-            # must not stop the server (SIGHUP's default action would).
-            log.warning("reload_not_supported", signal=signal.Signals(sig).name,
-                        hint="restart gmta to apply a new configuration")
+            # Already draining: a new configuration would only be stopped again.
+            log.warning("reload_ignored", signal=signal.Signals(sig).name, reason="stopping")
 
 
 def _stop_all(instances) -> None:

@@ -440,6 +440,9 @@ AUTH_INVALID = SMTPError(535, (5, 7, 8), "Invalid credentials")
 # The PROXY header comes first and is small (at most a few hundred bytes): a
 # proxy that does not send it promptly is broken.
 PROXY_HEADER_TIMEOUT = 10.0
+#: Retiring on reload: how long sessions still open after shutdown_timeout
+#: get to finish their transaction once asked to stop.
+RETIRE_GRACE = 10.0
 
 
 def _ascii_or_literal(name: str) -> str:
@@ -545,14 +548,25 @@ class SMTPEndpoint(Module):
         self.defer_sender_reject = cfg.defer_sender_reject
         self.servers = []
         self.bound_sockets = []
+        #: On reload: the old configuration's listening socket per address (or None).
+        self.inherited_sockets: list = []
         self.sessions = Group()
         self.tls_context = None
 
     def bind(self) -> None:
         # Possibly as root (ports below 1024); start() serves on these sockets.
+        # The certificates are loaded here too: a bad one fails a reload
+        # before any new listener accepts (and a key only root may read
+        # works when started as root).
+        self._load_tls()
         try:
-            for address in self.addresses:
-                self.bound_sockets.append(listen.bind(address))
+            for index, address in enumerate(self.addresses):
+                old = self.inherited_sockets[index] if self.inherited_sockets else None
+                # A duplicate descriptor of the same kernel socket: it stays open
+                # (with connections waiting in its backlog) when the old endpoint
+                # closes its own descriptor, so a reload refuses no connection.
+                self.bound_sockets.append(listen.duplicate(old) if old is not None
+                                          else listen.bind(address))
         except OSError:
             self.unbind()
             raise
@@ -562,10 +576,12 @@ class SMTPEndpoint(Module):
             sock.close()
         self.bound_sockets = []
 
-    def start(self) -> None:
+    def _load_tls(self) -> None:
         self.tls_context = server_context(self.tls_config, self.hostname_ascii)
         if self.proxy_policy is not None and self.proxy_policy.tls is not None:
             self.proxy_tls_context = server_context(self.proxy_policy.tls, self.hostname_ascii)
+
+    def start(self) -> None:
         if not self.bound_sockets:
             self.bind()
         sockets, self.bound_sockets = self.bound_sockets, []
@@ -576,15 +592,45 @@ class SMTPEndpoint(Module):
                           address=listen.local_address(server, address))
 
     def stop(self) -> None:
-        for server in self.servers:
-            server.close()
+        self.stop_accepting()
         # Idle sessions get 421 now; those in a transaction finish it first
         # (SessionDriver.request_stop), within shutdown_timeout.
+        self.hurry()
+        self.sessions.join(timeout=self.shutdown_timeout)
+        self._end_sessions()
+
+    # -- reload (gmta.daemon.reload) -------------------------------------------------------
+
+    def listening_sockets(self) -> list:
+        """The listening socket of each address, in the order of ``addresses``."""
+        return [getattr(server, "socket", None) for server in self.servers]
+
+    def inherit_listeners(self, sockets: list) -> None:
+        """Before ``bind()``: serve on these sockets of the old configuration (None: bind anew)."""
+        self.inherited_sockets = list(sockets)
+
+    def stop_accepting(self) -> None:
+        """Close this endpoint's listening descriptors; sockets handed on stay open."""
+        for server in self.servers:
+            server.close()
+
+    def retire(self) -> None:
+        """Reload: the new configuration accepts now; open sessions go on under this
+        one until they end, up to ``shutdown_timeout``, then stop as on SIGTERM."""
+        self.stop_accepting()
+        self.sessions.join(timeout=self.shutdown_timeout)
+        self.hurry()
+        self.sessions.join(timeout=RETIRE_GRACE)
+        self._end_sessions()
+
+    def hurry(self) -> None:
+        """Ask open sessions to end: idle ones now (421), the others after their transaction."""
         for greenlet in list(self.sessions):
             driver = getattr(greenlet, "driver", None)
             if driver is not None:
                 driver.request_stop(greenlet)
-        self.sessions.join(timeout=self.shutdown_timeout)
+
+    def _end_sessions(self) -> None:
         self.sessions.kill(block=True, timeout=5)
         for server in self.servers:
             server.stop(timeout=1)

@@ -74,6 +74,13 @@ def _bind_unix(path: str) -> socket.socket:
     return sock
 
 
+def duplicate(sock) -> socket.socket:
+    """Another descriptor of the same listening socket (reload hands it over): the
+    kernel socket, with the connections waiting in its backlog, lives on until
+    every descriptor is closed."""
+    return socket.fromfd(sock.fileno(), sock.family, sock.type)
+
+
 def serve(endpoint: Endpoint, handler: Callable, sock: socket.socket | None = None) -> StreamServer:
     """Start accepting on *sock* (bound to *endpoint* now if None); *handler(sock, address)*
     runs per connection."""

@@ -13,6 +13,13 @@
   touches the ``wakeup`` file (polled every ``WAKEUP_POLL`` seconds), every
   ``RESCAN_INTERVAL`` seconds so that a second daemon on the same queue takes
   over what a dead one left, and when an overflowing window needs refilling.
+- **Retirement** (configuration reload, :mod:`gmta.daemon.reload`): the old
+  scheduler stops dispatching, gives its window to its successor (the new
+  configuration's scheduler on the same directory) and lets running attempts
+  finish; from then on everything scheduled on it (messages committed by
+  sessions still on the old configuration, attempts that end late) goes to the
+  successor. The successor starts only after that, so one directory never has
+  two schedulers dispatching at once.
 """
 
 from __future__ import annotations
@@ -53,11 +60,20 @@ class Scheduler:
         self._rescan = Event()
         self._greenlets: list[gevent.Greenlet] = []
         self.started_at = 0.0
+        #: Set by retire(): the scheduler that now runs this queue directory.
+        self.successor: Scheduler | None = None
+        self.retired = False
 
     # -- the window ----------------------------------------------------------------------
 
     def schedule(self, entry_id: str, due: float) -> None:
         """Make *entry_id* due at *due* (earlier of this and what is known)."""
+        if self.retired:
+            # Without a successor the entry waits on disk for the next
+            # scheduler of this directory (found by its first scan).
+            if self.successor is not None:
+                self.successor.schedule(entry_id, due)
+            return
         if entry_id in self._active:
             return  # its worker reschedules it when done
         known = self._due.get(entry_id)
@@ -87,9 +103,34 @@ class Scheduler:
 
     # -- running -------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, resumed: bool = False) -> None:
+        """Begin dispatching; *resumed*: taking over on reload, not a start-up of gmta
+        (no ``post_init_delay``: the entries were due for the predecessor too)."""
+        if self.retired:
+            return  # retired before it started (two reloads in quick succession)
         self.started_at = time.time()
-        self._greenlets = [gevent.spawn(self._dispatch), gevent.spawn(self._maintain)]
+        self._greenlets = [gevent.spawn(self._dispatch),
+                           gevent.spawn(self._maintain, not resumed)]
+
+    def retire(self, successor: "Scheduler | None", timeout: float) -> int:
+        """Stop dispatching for good and hand the window to *successor*; wait up to
+        *timeout* seconds for running attempts. Returns how many are still running.
+
+        Running attempts are not killed: each holds its entry's lock, so the
+        successor cannot attempt the same entry; when one ends, its next due
+        time goes to the successor through :meth:`schedule`.
+        """
+        for greenlet in self._greenlets:
+            greenlet.kill(block=True, timeout=2)
+        self._greenlets = []
+        self.retired = True
+        self.successor = successor
+        window, self._due, self._heap = self._due, {}, []
+        if successor is not None:
+            for entry_id, due in window.items():
+                successor.schedule(entry_id, due)
+        self.pool.join(timeout=timeout)
+        return len(self.pool)
 
     def stop(self) -> None:
         for greenlet in self._greenlets:
@@ -136,10 +177,10 @@ class Scheduler:
         if due is not None:
             self.schedule(entry_id, due)
 
-    def _maintain(self) -> None:
+    def _maintain(self, startup: bool = True) -> None:
         """Recovery, then rescans on request, on wakeup and periodically."""
         self.queue.flush_all = in_threadpool(self.spool.flush_all_time)
-        self.scan(startup=True)
+        self.scan(startup=startup)
         stamp = in_threadpool(self.spool.wakeup_stamp)
         last_scan = time.monotonic()
         while True:

@@ -10,8 +10,10 @@ then delivers to ``target``, retries temporary failures on the schedule of
 
 from __future__ import annotations
 
-
+import os
 import time
+
+import gevent
 
 import gmta.log
 from gmta.config.module import Module, register
@@ -181,6 +183,10 @@ class QueueTarget(Module):
         self.stopping = False
         #: Time of the last `gmta queue flush` of the whole queue (read from disk).
         self.flush_all = 0.0
+        #: On reload: the old configuration's queue on this directory, whose
+        #: scheduler runs until take_over() retires it.
+        self.predecessor: QueueTarget | None = None
+        self._taking_over: gevent.Greenlet | None = None
 
     def start_delivery(self, meta: MessageMeta, mail_from: str) -> QueueDelivery:
         return QueueDelivery(self, meta, mail_from)
@@ -188,10 +194,48 @@ class QueueTarget(Module):
     def start(self) -> None:
         in_threadpool(self.spool.prepare)
         self.stopping = False
-        self.scheduler.start()
+        if self.predecessor is None:
+            self.scheduler.start()
         self.log.info("queue_started", queue=self.instance_name, location=self.location)
 
     def stop(self) -> None:
         self.stopping = True
-        self.scheduler.stop()
+        if self._taking_over is not None and not self._taking_over.dead:
+            # gmta stops while this queue still waits for the old scheduler's
+            # attempts: those get the usual stop grace, as if never reloaded.
+            self._taking_over.kill(block=True, timeout=5)
+            if self.predecessor is not None:
+                self.predecessor.stopping = True
+                self.predecessor.scheduler.stop()
+        if not self.scheduler.retired:
+            self.scheduler.stop()
+        # else: reloaded, the successor runs this directory and waits (up to
+        # shutdown_timeout) for the attempts still running here; they are not
+        # cut short because the old configuration's sessions have ended.
         self.log.info("queue_stopped", queue=self.instance_name)
+
+    # -- reload: one scheduler per directory ---------------------------------------------
+
+    def exclusive_key(self) -> object:
+        return ("queue", os.path.realpath(self.location))
+
+    def follow(self, predecessor) -> None:
+        self.predecessor = predecessor
+
+    def take_over(self, timeout: float) -> None:
+        if self.predecessor is not None:
+            self._taking_over = gevent.spawn(self._take_over, self.predecessor, timeout)
+
+    def _take_over(self, old: "QueueTarget", timeout: float) -> None:
+        # The predecessor may itself still be taking over from an older one
+        # (reloads in quick succession): its in-flight attempts end first.
+        if old._taking_over is not None:
+            old._taking_over.join(timeout=timeout)
+        running = old.scheduler.retire(self.scheduler, timeout)
+        if running:
+            # Each still holds its entry's lock: no entry is attempted twice.
+            self.log.warning("attempts_still_running", queue=self.instance_name, count=running,
+                             hint="they finish under the old configuration")
+        self.predecessor = None
+        self.scheduler.start(resumed=True)
+        self.log.info("scheduler_taken_over", queue=self.instance_name, location=self.location)

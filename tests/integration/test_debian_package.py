@@ -157,7 +157,8 @@ def test_package_installs_runs_sends_mail_and_purges(built_deb, overlay):
     unit = overlay.run("cat", "/lib/systemd/system/gmta.service")
     for setting in ("Type=notify", "User=gmta", "AmbientCapabilities=CAP_NET_BIND_SERVICE",
                     "ProtectSystem=strict", "ReadWritePaths=/var/lib/gmta /run/gmta",
-                    "NoNewPrivileges=yes", "RestartPreventExitStatus=2", "TimeoutStopSec=600"):
+                    "NoNewPrivileges=yes", "RestartPreventExitStatus=2", "TimeoutStopSec=600",
+                    "ExecReload=/bin/kill -HUP $MAINPID"):
         assert f"\n{setting}\n" in unit
     # Enabled (a symlink for boot), not started: there is no systemd to start it.
     assert overlay.run("readlink", "/etc/systemd/system/multi-user.target.wants/gmta.service") \

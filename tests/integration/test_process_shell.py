@@ -1,4 +1,4 @@
-"""The process shell of the real ``gmta run``: sd_notify, SIGUSR1, SIGHUP, run_as.
+"""The process shell of the real ``gmta run``: sd_notify, SIGUSR1, SIGHUP, SIGTERM, run_as.
 
 Each test starts ``bin/gmta run`` (tests/integration/conftest.py) and looks
 at it from outside: a datagram socket standing in for systemd, the log file
@@ -71,14 +71,55 @@ def test_sigusr1_reopens_the_log_file_after_rotation(start_gmta, state_dir):
     assert "event=connected" not in rotated.read_text()
 
 
-def test_reload_signals_are_logged_and_do_not_stop_gmta(start_gmta, state_dir):
+def test_systemd_hears_reloading_then_ready(start_gmta, state_dir, tmp_path):
+    """sd_notify(3): RELOADING=1 with MONOTONIC_USEC (systemd ≥ 253), then READY=1 —
+    also after a refused reload, since gmta goes on serving."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(10)
+    with notify:
+        gmta = start_gmta(base_config(state_dir) + MAILDIR,
+                          env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+        assert notify.recv(4096).startswith(b"READY=1\n")
+        for sig, ready_status in ((signal.SIGHUP, "accepting mail on 1 endpoint(s)"),
+                                  (signal.SIGUSR2, "reload failed; running the previous "
+                                                   "configuration")):
+            if sig == signal.SIGUSR2:
+                gmta.config_path.write_text(gmta.config_path.read_text() + "bogus_global 1\n")
+            before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            gmta.proc.send_signal(sig)
+            fields = dict(line.split("=", 1) for line in notify.recv(4096).decode().split("\n"))
+            after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            assert fields["RELOADING"] == "1"
+            assert before <= int(fields["MONOTONIC_USEC"]) <= after
+            assert notify.recv(4096).decode() == f"READY=1\nSTATUS={ready_status}"
+        smtplib.SMTP("127.0.0.1", gmta.port(), timeout=10).quit()
+        assert gmta.stop() == 0
+
+
+def test_sigterm_drain_lets_a_message_mid_data_finish(start_gmta, state_dir):
+    """SIGTERM while the client is in the middle of DATA: the rest of the message is
+    still read, the message is delivered (250), then the session gets 421."""
     gmta = start_gmta(base_config(state_dir) + MAILDIR)
-    for sig, name in ((signal.SIGHUP, "SIGHUP"), (signal.SIGUSR2, "SIGUSR2")):
-        gmta.proc.send_signal(sig)
-        gmta.wait_for(rf"event=reload_not_supported signal={name}")
-    smtplib.SMTP("127.0.0.1", gmta.port(), timeout=10).quit()
-    assert gmta.proc.poll() is None
-    assert gmta.stop() == 0
+    with socket.create_connection(("127.0.0.1", gmta.port()), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        sock.sendall(b"EHLO client.test\r\nMAIL FROM:<a@sender.test>\r\n"
+                     b"RCPT TO:<judy@example.test>\r\nDATA\r\n")
+        replies = [reader.readline() for _ in range(4)]
+        while not replies[-1].startswith(b"354"):
+            replies.append(reader.readline())
+        sock.sendall(b"Subject: drain\r\n\r\nfirst half\r\n")
+        gmta.proc.send_signal(signal.SIGTERM)
+        gmta.wait_for("event=stopping signal=SIGTERM")
+        time.sleep(0.2)
+        sock.sendall(b"second half\r\n.\r\n")
+        assert reader.readline().startswith(b"250 ")
+        sock.sendall(b"NOOP\r\n")
+        assert reader.readline().startswith(b"421 4.3.2")
+    assert gmta.proc.wait(15) == 0
+    [message] = maildir_messages(state_dir, "judy@example.test")
+    assert message.endswith(b"Subject: drain\r\n\r\nfirst half\r\nsecond half\r\n")
 
 
 def wait_for_text(path: Path, text: str, timeout: float = 10.0) -> None:
@@ -94,15 +135,11 @@ def wait_for_text(path: Path, text: str, timeout: float = 10.0) -> None:
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-def _free_privileged_port() -> int:
-    for port in range(1023, 900, -1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+def _free_privileged_port(below: int = 1024) -> int:
+    for port in range(below - 1, 900, -1):
+        if _port_is_free(port):
             return port
-    pytest.skip("no free port below 1024 on 127.0.0.1")
+    pytest.skip(f"no free port below {below} on 127.0.0.1")
 
 
 @pytest.fixture
@@ -164,6 +201,31 @@ smtp tcp://127.0.0.1:{port} tcp://127.0.0.1:0 {{
         new = state / "maildir" / "gmta.test" / "bob" / "new"
         assert {p.stat().st_uid for p in new.iterdir()} == {nobody.pw_uid}
         assert state.stat().st_uid == nobody.pw_uid
+
+        # Reload as nobody: the privileged port is handed over, never bound again...
+        text = config.read_text()
+        config.write_text(text.replace("hostname mx.gmta.test", "hostname two.gmta.test"))
+        gmta.proc.send_signal(signal.SIGHUP)
+        gmta.wait_for(r"event=reloaded")
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            assert b"two.gmta.test" in client.ehlo()[1]
+        # ...but a new one cannot be bound any more: refused, and the log says why.
+        other = _free_privileged_port(below=port)
+        config.write_text(text.replace("tcp://127.0.0.1:0 {", f"tcp://127.0.0.1:{other} {{"))
+        gmta.proc.send_signal(signal.SIGHUP)
+        line = gmta.wait_for(r"event=reload_failed")
+        assert "Permission denied" in line and "CAP_NET_BIND_SERVICE" in line
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            assert b"two.gmta.test" in client.ehlo()[1]
     finally:
         assert gmta.stop() == 0
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 

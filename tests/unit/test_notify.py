@@ -28,6 +28,17 @@ def test_ready_and_stopping_reach_the_socket(receiver, tmp_path):
     assert receiver.recv(4096) == b"STOPPING=1\nSTATUS=draining"
 
 
+def test_reloading_carries_the_monotonic_clock(receiver, tmp_path):
+    """sd_notify(3): MONOTONIC_USEC= (CLOCK_MONOTONIC in µs) with RELOADING=1."""
+    import time
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}).reloading("reloading")
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    reloading, usec, status = receiver.recv(4096).decode().split("\n")
+    assert (reloading, status) == ("RELOADING=1", "STATUS=reloading")
+    assert usec.startswith("MONOTONIC_USEC=") and before <= int(usec.split("=")[1]) <= after
+
+
 def test_a_newline_in_a_status_cannot_add_an_assignment(receiver, tmp_path):
     Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}).status("one\nREADY=1")
     assert receiver.recv(4096) == b"STATUS=one READY=1"
