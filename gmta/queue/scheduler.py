@@ -13,6 +13,9 @@
   touches the ``wakeup`` file (polled every ``WAKEUP_POLL`` seconds), every
   ``RESCAN_INTERVAL`` seconds so that a second daemon on the same queue takes
   over what a dead one left, and when an overflowing window needs refilling.
+- **Other receiving processes** (``workers N``) send each id they commit to
+  the scheduler's wakeup socket (:mod:`gmta.queue.wakeup`); it is scheduled
+  at once, without a rescan.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from gevent.pool import Pool
 
 from gmta.durable import in_threadpool
 from gmta.queue.attempt import Attempt
+from gmta.queue.wakeup import WakeupListener
 
 WINDOW = 10000
 WAKEUP_POLL = 1.0
@@ -52,6 +56,7 @@ class Scheduler:
         self._wake = Event()
         self._rescan = Event()
         self._greenlets: list[gevent.Greenlet] = []
+        self._wakeups: WakeupListener | None = None
         self.started_at = 0.0
 
     # -- the window ----------------------------------------------------------------------
@@ -87,11 +92,22 @@ class Scheduler:
 
     # -- running -------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, listen_for_wakeups: bool = False) -> None:
         self.started_at = time.time()
+        if listen_for_wakeups:
+            # Before the start-up scan: what is committed after this point is
+            # announced, what was committed before is found by the scan.
+            self._wakeups = WakeupListener(self.spool, self._woken, self.log)
+            self._wakeups.start()
         self._greenlets = [gevent.spawn(self._dispatch), gevent.spawn(self._maintain)]
 
+    def _woken(self, entry_id: str) -> None:
+        self.schedule(entry_id, time.time())
+
     def stop(self) -> None:
+        if self._wakeups is not None:
+            self._wakeups.stop()
+            self._wakeups = None
         for greenlet in self._greenlets:
             greenlet.kill(block=True, timeout=2)
         # Attempts see queue.stopping and start no new delivery; let running

@@ -27,6 +27,7 @@ from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.schedule import DEFAULT_INITIAL_RETRY_TIME, DEFAULT_RETRY_TIME_SCALE
 from gmta.queue.scheduler import Scheduler
 from gmta.queue.store import Spool, Staged, new_id
+from gmta.queue.wakeup import WakeupSender
 
 STORE_FAILED = SMTPError(451, (4, 3, 0), "Cannot queue the message now, try again later")
 
@@ -102,7 +103,10 @@ class QueueDelivery:
         staged.lock.release()
         queue.log.info("queued", queue_id=staged.id, msg_id=self.meta.id,
                        sender=self.mail_from, rcpts=len(self.rcpts))
-        queue.scheduler.schedule(staged.id, time.time())
+        if queue.schedules:
+            queue.scheduler.schedule(staged.id, time.time())
+        else:
+            queue.wakeup_sender.send(staged.id)
 
     def abort(self) -> None:
         if self.staged is not None and not self.committed:
@@ -179,19 +183,38 @@ class QueueTarget(Module):
         self.notifier = Notifier(self)
         self.scheduler = Scheduler(self)
         self.stopping = False
+        #: False in a worker process that only receives (``workers N``, not worker 0):
+        #: the scheduler runs elsewhere and hears of new entries by wakeup datagram.
+        self.schedules = True
+        #: True when other processes receive into this queue: listen for their wakeups.
+        self.shared = False
+        self.wakeup_sender: WakeupSender | None = None
         #: Time of the last `gmta queue flush` of the whole queue (read from disk).
         self.flush_all = 0.0
 
     def start_delivery(self, meta: MessageMeta, mail_from: str) -> QueueDelivery:
         return QueueDelivery(self, meta, mail_from)
 
+    def share_with_workers(self, schedules: bool) -> None:
+        """Several processes receive into this queue; only the one with *schedules* delivers."""
+        self.shared = True
+        self.schedules = schedules
+
     def start(self) -> None:
         in_threadpool(self.spool.prepare)
         self.stopping = False
-        self.scheduler.start()
-        self.log.info("queue_started", queue=self.instance_name, location=self.location)
+        if self.schedules:
+            self.scheduler.start(listen_for_wakeups=self.shared)
+        else:
+            self.wakeup_sender = WakeupSender(self.spool, self.log)
+        self.log.info("queue_started", queue=self.instance_name, location=self.location,
+                      scheduler="here" if self.schedules else "worker 0")
 
     def stop(self) -> None:
         self.stopping = True
-        self.scheduler.stop()
+        if self.schedules:
+            self.scheduler.stop()
+        elif self.wakeup_sender is not None:
+            self.wakeup_sender.close()
+            self.wakeup_sender = None
         self.log.info("queue_stopped", queue=self.instance_name)
