@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration import test_queue_crash as crash
 from tests.integration.conftest import START_TIMEOUT, GmtaProcess, base_config, maildir_messages
+from tests.integration.peers import smtp_sink  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 
