@@ -410,8 +410,8 @@ def _stop(config: LoadedConfig, workers: list[Worker], events: Queue, notifier: 
 def _drain_time(config: LoadedConfig) -> float:
     from gmta.queue.scheduler import STOP_GRACE
 
-    timeouts = [getattr(e, "shutdown_timeout", 0.0) for e in config.endpoints]
-    return max(timeouts, default=0.0) + STOP_GRACE
+    # A worker drains its endpoints one after the other, then its queues.
+    return sum(getattr(e, "shutdown_timeout", 0.0) for e in config.endpoints) + STOP_GRACE
 
 
 def _describe(status: int | None) -> str:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.integration import test_queue_crash as crash
 from tests.integration.conftest import START_TIMEOUT, GmtaProcess, base_config, maildir_messages
-from tests.integration.peers import smtp_sink  # noqa: F401 (fixture)
+from tests.integration.peers import smtp_sink  # noqa: F401, F811 (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -212,7 +212,7 @@ def delivered_to_sink(sink) -> dict[int, int]:
 
 
 def test_no_message_answered_250_is_lost_when_workers_or_the_supervisor_die(
-        tmp_path, state_dir, smtp_sink, quiet_dns_server):
+        tmp_path, state_dir, smtp_sink, quiet_dns_server):  # noqa: F811
     rng = random.Random()
     sink = smtp_sink()
     conf = tmp_path / "gmta.conf"
