@@ -75,7 +75,11 @@ def run(config_path: str, worker_index: int | None) -> None:
     gmta.log.setup(config.globals.log, config.globals.debug)
     if worker_index is not None:
         from gmta.daemon.workers import WorkerRole
-        sys.exit(serve(config, WorkerRole.from_environment(worker_index)))
+        try:
+            role = WorkerRole.from_environment(worker_index)
+        except LookupError as e:
+            raise click.UsageError(str(e)) from None
+        sys.exit(serve(config, role))
     if config.globals.workers > 1:
         from gmta.daemon.workers import supervise
         sys.exit(supervise(config))

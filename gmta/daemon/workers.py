@@ -97,7 +97,11 @@ class WorkerRole:
 
     @classmethod
     def from_environment(cls, index: int) -> "WorkerRole":
-        """Adopt the inherited sockets; the variable is removed so children never see it."""
+        """Adopt the inherited sockets; the variable is removed so children never see it.
+
+        Raises LookupError when this process was not started by a supervisor."""
+        if FDS_ENVIRONMENT not in os.environ:
+            raise LookupError("--worker-index is set by the supervisor of 'workers N' only")
         spec = json.loads(os.environ.pop(FDS_ENVIRONMENT))
         for address, fd in spec["listen"].items():
             listen.adopt(address, fd)

@@ -8,10 +8,14 @@ worker's pid (``event=worker_started``). The tests read both, and
 from __future__ import annotations
 
 import os
+import pwd
 import random
 import re
+import shutil
 import signal
 import smtplib
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,8 +23,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration import test_queue_crash as crash
-from tests.integration.conftest import START_TIMEOUT, GmtaProcess, base_config, maildir_messages
+from tests.integration.conftest import (ROOT, START_TIMEOUT, GmtaProcess, base_config,
+                                       maildir_messages)
 from tests.integration.peers import smtp_sink  # noqa: F401, F811 (fixture)
+from tests.integration.test_process_shell import (SYSTEM_PYTHON, _free_privileged_port,
+                                                  world_readable_dir)  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -289,3 +296,61 @@ def test_start_fails_cleanly_when_the_port_is_taken(tmp_path, state_dir, quiet_d
         assert not any("event=worker_started" in line for line in second.lines)
     finally:
         assert first.stop() == 0
+
+
+def test_systemd_hears_ready_once_both_workers_listen(tmp_path, state_dir, quiet_dns_server):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(15)
+    conf = tmp_path / "gmta.conf"
+    conf.write_text(f"dns_servers {quiet_dns_server.directive}\n" + maildir_config(state_dir))
+    with notify:
+        gmta = GmtaProcess(conf, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+        try:
+            assert notify.recv(4096).decode() == "READY=1\nSTATUS=accepting mail with 2 workers"
+            # Only the supervisor speaks to systemd, and only after both workers are ready.
+            assert sum("event=worker_ready" in line for line in gmta.lines) == 2
+        finally:
+            assert gmta.stop() == 0
+        assert notify.recv(4096).decode() == "STOPPING=1\nSTATUS=draining open sessions"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_workers_run_as_nobody_on_a_privileged_port(world_readable_dir):  # noqa: F811
+    # As in test_process_shell: code and interpreter readable by nobody.
+    check = subprocess.run([SYSTEM_PYTHON, "-c", "import gevent, dns, cryptography, click, argon2"],
+                           capture_output=True, timeout=30)
+    if check.returncode != 0:
+        pytest.skip("Debian's python3-gevent/dnspython/cryptography/click/argon2 are missing")
+    code = world_readable_dir / "code"
+    shutil.copytree(ROOT / "gmta", code / "gmta", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "bin" / "gmta", code / "gmta-run")
+    command = [str(code / "gmta-run")]
+    state = world_readable_dir / "state"
+    port = _free_privileged_port()
+    config = world_readable_dir / "gmta.conf"
+    config.write_text(f"""hostname mx.gmta.test
+state_dir {state}
+runtime_dir {state}/run
+run_as nobody
+workers 2
+log stderr
+target.maildir mb {{ path maildir/{{domain}}/{{local}} }}
+smtp tcp://127.0.0.1:{port} {{
+    tls off
+    deliver_to &mb
+}}
+""")
+    nobody = pwd.getpwnam("nobody")
+    gmta = GmtaProcess(config, command=[SYSTEM_PYTHON, *command])
+    try:
+        gmta.wait_for(SUPERVISOR_READY)
+        # The supervisor bound the port as root, then dropped; the workers never were root.
+        for pid in [gmta.proc.pid, *worker_pids(gmta).values()]:
+            status = Path(f"/proc/{pid}/status").read_text()
+            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4, pid
+        send_in_parallel(port, 8)
+        assert len(maildir_messages(state, "u@d.test")) == 8
+    finally:
+        assert gmta.stop() == 0, "\n".join(gmta.lines)
