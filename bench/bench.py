@@ -263,7 +263,7 @@ class Gmta:
     kind = "gmta"
 
     def __init__(self, work: Path, label: str, python: str, target: str = "&mailboxes",
-                 variant: dict[str, str] | None = None):
+                 variant: dict[str, str] | None = None, workers: int = 1):
         self.dir = work / label
         self.dir.mkdir(parents=True)
         self.state = self.dir / "state"
@@ -272,6 +272,10 @@ class Gmta:
         if target != "&mailboxes":
             # An unused target block is a configuration error.
             text = re.sub(r"\ntarget\.maildir mailboxes \{.*?\n\}\n", "\n", text, flags=re.S)
+        if workers > 1:
+            # A supervisor and N receiving processes on the one port (SO_REUSEPORT).
+            text = text.replace("\ntls off\n", f"\ntls off\nworkers {workers}\n")
+        self.workers = workers
         self.config.write_text(text.replace("@STATE@", str(self.state))
                                .replace("@TARGET@", target))
         self.python = python
@@ -300,7 +304,11 @@ class Gmta:
         self.pid_file.write_text(str(self.proc.pid))
 
         def listening() -> bool:
-            for line in (self.dir / "gmta.log").read_text(errors="replace").splitlines():
+            lines = (self.dir / "gmta.log").read_text(errors="replace").splitlines()
+            if self.workers > 1 and not any("event=started" in line and
+                                            f"workers={self.workers}" in line for line in lines):
+                return False  # not every worker listens yet
+            for line in lines:
                 if "event=listening" in line and "address=tcp://127.0.0.1:" in line:
                     self.port = int(line.rsplit(":", 1)[1].split()[0])
                     return True
@@ -311,12 +319,25 @@ class Gmta:
             raise BenchError("gmta did not start:\n" +
                              (self.dir / "gmta.log").read_text(errors="replace")[-2000:])
 
+    def pids(self) -> list[int]:
+        """The process, and with ``workers N`` its worker processes."""
+        if self.workers == 1:
+            return [self.proc.pid]
+        return [self.proc.pid] + [pid for pid, _ in children_of(self.proc.pid)]
+
     def cpu(self) -> tuple[float, float]:
-        return cpu_seconds(self.proc.pid)
+        total = (0.0, 0.0)
+        for pid in self.pids():
+            total = add(total, cpu_seconds(pid))
+        return total
 
     def main_thread_cpu(self) -> tuple[float, float]:
-        """The thread that runs the gevent hub and every greenlet (holding the GIL)."""
-        return cpu_seconds(self.proc.pid, task=self.proc.pid)
+        """The thread that runs the gevent hub and every greenlet (holding the GIL);
+        with workers, the sum over the workers' (so up to N × 100% busy)."""
+        total = (0.0, 0.0)
+        for pid in self.pids():
+            total = add(total, cpu_seconds(pid, task=pid))
+        return total
 
     def stop(self) -> None:
         if self.proc is None:
@@ -506,7 +527,9 @@ def scenario_throughput(args, work: Path, pf_port: int, results: dict, phase: st
     deletions of delivered queue files slow down the creation of new files for
     the next minutes on this file system (see bench/README.md)."""
     kinds = ["gmta", "postfix-hold"] if phase == "receive" else ["postfix"]
-    say(f"\n== throughput ({' and '.join(kinds)}): smtp-source -d -s {args.sessions} "
+    workers = f", gmta with workers {args.workers}" if args.workers > 1 and phase == "receive" \
+        else ""
+    say(f"\n== throughput ({' and '.join(kinds)}{workers}): smtp-source -d -s {args.sessions} "
         f"-m {args.messages} -l {args.size}, {args.rounds} rounds")
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for n in range(args.rounds):
@@ -514,7 +537,7 @@ def scenario_throughput(args, work: Path, pf_port: int, results: dict, phase: st
         for kind in order:
             label = f"tp{n}-{kind}"
             if kind == "gmta":
-                server = Gmta(work, label, args.gmta_python)
+                server = Gmta(work, label, args.gmta_python, workers=args.workers)
             else:
                 server = Postfix(work, label, pf_port, hold=kind == "postfix-hold")
             r = throughput_once(server, args, warmup=args.warmup)
@@ -539,7 +562,8 @@ def gmta_variant_runs(args, work: Path, label: str, target: str = "&mailboxes",
     """Throughput of a gmta variant (same load as scenario 1); never in a ratio."""
     runs = []
     for n in range(args.rounds if label == "dummy" else min(args.rounds, 3)):
-        server = Gmta(work, f"{label}{n}", args.gmta_python, target=target, variant=variant)
+        server = Gmta(work, f"{label}{n}", args.gmta_python, target=target, variant=variant,
+                      workers=args.workers)
         check_deadline(f"{label} throughput")
         server.start()
         try:
@@ -1057,6 +1081,9 @@ def main() -> int:
                         help="comma-separated: throughput,dummy,experiments,idle,big")
     parser.add_argument("--experiments", default="",
                         help="only these experiments (comma-separated labels)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="gmta's 'workers N' in the throughput, dummy and experiments "
+                             "scenarios (idle and big always run one process)")
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--size", type=int, default=1024)

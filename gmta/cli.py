@@ -59,7 +59,9 @@ def check_config(config_path: str) -> None:
 
 @main.command()
 @config_option
-def run(config_path: str) -> None:
+@click.option("--worker-index", type=int, hidden=True,
+              help="Set by the supervisor of 'workers N' for the processes it starts.")
+def run(config_path: str, worker_index: int | None) -> None:
     """Run in the foreground until SIGTERM or SIGINT."""
     # Before anything opens sockets or starts threads: dnspython, smtplib-style
     # code and the threadpool must cooperate with the gevent hub.
@@ -71,6 +73,16 @@ def run(config_path: str) -> None:
 
     config = _load(config_path)
     gmta.log.setup(config.globals.log, config.globals.debug)
+    if worker_index is not None:
+        from gmta.daemon.workers import WorkerRole
+        try:
+            role = WorkerRole.from_environment(worker_index)
+        except LookupError as e:
+            raise click.UsageError(str(e)) from None
+        sys.exit(serve(config, role))
+    if config.globals.workers > 1:
+        from gmta.daemon.workers import supervise
+        sys.exit(supervise(config))
     sys.exit(serve(config))
 
 

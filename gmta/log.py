@@ -74,6 +74,16 @@ def get(module: str, debug: bool = False) -> EventLogger:
     return EventLogger(module, debug)
 
 
+#: Fields every line of this process carries (``worker=N`` in a worker process).
+_process_fields = ""
+
+
+def set_process_fields(**fields) -> None:
+    """Add *fields* to every line this process logs from now on (after ``level=``)."""
+    global _process_fields
+    _process_fields = format_fields(fields) + " " if fields else ""
+
+
 class _Formatter(logging.Formatter):
     def __init__(self, timestamps: bool):
         super().__init__()
@@ -81,7 +91,7 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         level = "warn" if record.levelno == logging.WARNING else record.levelname.lower()
-        line = f"level={level} {record.getMessage()}"
+        line = f"level={level} {_process_fields}{record.getMessage()}"
         if self.timestamps:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             line = f"ts={stamp}.{int(record.msecs):03d}Z {line}"

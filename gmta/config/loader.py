@@ -30,13 +30,16 @@ from dataclasses import dataclass, field
 from gmta.config import module as registry
 from gmta.config.module import Module
 from gmta.config.parser import Node, Parser
-from gmta.config.reader import Bool, Custom, Directive, Domain, Values, read_block, state_relative
+from gmta.config.reader import (Bool, Custom, Directive, Domain, Int, Values, read_block,
+                                state_relative)
 from gmta.config.tls import parse_client_tls, parse_server_tls
 from gmta.errors import ConfigError, ConfigErrors
 
 DEFAULT_CONFIG = "/etc/gmta/gmta.conf"
 DEFAULT_STATE_DIR = "/var/lib/gmta"
 DEFAULT_RUNTIME_DIR = "/run/gmta"
+#: More processes than this would only share the same cores and spool locks.
+MAX_WORKERS = 64
 
 # Modules DESIGN §1.2 promises that are not in this build yet; naming them
 # gives a clearer error than "unknown module".
@@ -172,6 +175,8 @@ GLOBAL_DIRECTIVES: tuple[Directive, ...] = (
               doc="resolvers to use instead of /etc/resolv.conf"),
     Directive("run_as", Custom(_parse_run_as, "USER [GROUP]"),
               doc="the user (and group) gmta run becomes after binding its listeners as root"),
+    Directive("workers", Int(minimum=1, maximum=MAX_WORKERS), 1,
+              doc="receiving processes gmta run starts (gmta.daemon.workers); 1 = no supervisor"),
 )
 GLOBAL_NAMES = frozenset(d.name for d in GLOBAL_DIRECTIVES)
 

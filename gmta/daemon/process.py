@@ -11,6 +11,11 @@ Start-up order: directories, then every listener is bound (as root if
 started as root), then root is dropped for the ``run_as`` user, then the
 modules start. systemd hears ``READY=1`` once all of that succeeded and
 ``STOPPING=1`` when the drain begins (``gmta.daemon.notify``).
+
+With ``workers N`` (N > 1) this process is the supervisor of
+:mod:`gmta.daemon.workers`, and :func:`serve` runs in each worker with its
+:class:`~gmta.daemon.workers.WorkerRole`: the listeners are inherited, root
+was dropped by the supervisor, and readiness goes to the supervisor.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def run_as(config: LoadedConfig) -> privileges.RunAs | None:
     return privileges.RunAs.lookup(*config.globals.run_as)
 
 
-def _give_log_files(owner: privileges.RunAs) -> None:
+def give_log_files(owner: privileges.RunAs) -> None:
     # Opened by root before the drop; the run_as user writes them from now on
     # and must be able to reopen them on SIGUSR1.
     for path in gmta.log.file_paths():
@@ -65,8 +70,10 @@ def _apply_logging(config: LoadedConfig) -> None:
     gmta.log.setup(config.globals.log, config.globals.debug)
 
 
-def serve(config: LoadedConfig) -> int:
-    """Start every configured module, run until a stop signal, stop; returns the exit status."""
+def serve(config: LoadedConfig, worker=None) -> int:
+    """Start every configured module, run until a stop signal, stop; returns the exit status.
+
+    *worker* is this process's ``WorkerRole`` when it is one of several workers."""
     signals: Queue = Queue()
     handlers = [gevent.signal_handler(sig, signals.put_nowait, sig) for sig in HANDLED_SIGNALS]
     notifier = Notifier()
@@ -77,6 +84,8 @@ def serve(config: LoadedConfig) -> int:
             owner = run_as(config)
             drop_to = owner if owner is not None and not owner.is_current else None
             prepare_directories(config, drop_to)
+            if worker is not None:
+                worker.prepare(config)
             # Targets and other blocks first, endpoints last: nothing is accepted
             # before what it is delivered to runs, and on stop (the reverse
             # order) endpoints drain before their targets stop.
@@ -87,7 +96,7 @@ def serve(config: LoadedConfig) -> int:
                 instance.bind()
                 bound.append(instance)
             if drop_to is not None:
-                _give_log_files(drop_to)
+                give_log_files(drop_to)
                 privileges.drop(drop_to)
                 log.info("privileges_dropped", user=drop_to.user, uid=drop_to.uid,
                          gid=drop_to.gid)
@@ -106,9 +115,11 @@ def serve(config: LoadedConfig) -> int:
                     instance.unbind()
         log.info("started", version=__version__, config=config.file, pid=os.getpid(),
                  endpoints=len(config.endpoints))
+        if worker is not None:
+            worker.ready(signals)
         notifier.ready(f"accepting mail on {len(config.endpoints)} endpoint(s)")
         reloader = Reloader(Generation(config, started), notifier,
-                            prepare=prepare_directories, apply_logging=_apply_logging)
+                            prepare=_preparer(worker), apply_logging=_apply_logging)
         started = []
         sig = _wait_for_stop(signals, reloader)
         log.info("stopping", signal=signal.Signals(sig).name)
@@ -132,6 +143,18 @@ def serve(config: LoadedConfig) -> int:
             handler.cancel()
     log.info("stopped")
     return 0
+
+
+def _preparer(worker):
+    """What a reload does before its modules bind: the directories, and in a
+    worker of ``workers N`` the same role as at start-up (worker 0 schedules)."""
+    if worker is None:
+        return prepare_directories
+
+    def prepare(config: LoadedConfig) -> None:
+        prepare_directories(config)
+        worker.prepare(config)
+    return prepare
 
 
 def _wait_for_stop(signals: Queue, reloader: Reloader | None) -> int:

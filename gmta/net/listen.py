@@ -4,6 +4,13 @@ Each address becomes a gevent ``StreamServer`` that runs the endpoint's
 handler in a greenlet per connection. Implicit TLS (``tls://``) is not done
 here: the handler performs the handshake under its own timeout, so a client
 that connects and stays silent cannot hold the accept loop.
+
+With ``workers N`` (``gmta.daemon.workers``) the supervisor binds every
+listener once for all workers: :func:`bind_group` makes one ``SO_REUSEPORT``
+socket per worker on each TCP address (the kernel spreads connections over
+them), a unix socket is bound once and shared. A worker receives its sockets
+as inherited descriptors and :func:`adopt` registers them, so that the
+endpoint's own :func:`bind` takes the inherited socket instead of binding.
 """
 
 from __future__ import annotations
@@ -21,18 +28,67 @@ from gmta.config.values import Endpoint
 
 BACKLOG = 1024
 
+#: Listening sockets inherited from the supervisor: configured address → descriptor.
+_adopted: dict[str, int] = {}
+
+
+def adopt(address: str, fd: int) -> None:
+    """Serve *address* (as written in the config) on the inherited listening socket *fd*."""
+    _adopted[address] = fd
+
+
+def is_adopted(address) -> bool:
+    """Whether *address* is served on an inherited socket (a worker of ``workers N``)."""
+    return str(address) in _adopted
+
 
 def bind(endpoint: Endpoint) -> socket.socket:
     """A listening socket for *endpoint*; raises OSError with a clear message."""
+    fd = _adopted.get(str(endpoint))
+    if fd is not None:
+        # A duplicate, so that closing it (stop, or a reload binding again)
+        # leaves the inherited descriptor for the next bind.
+        return socket.socket(fileno=os.dup(fd))
     if endpoint.is_unix:
         return _bind_unix(endpoint.path)
+    return _bind_tcp(endpoint)
+
+
+def bind_group(endpoint: Endpoint, count: int) -> list[socket.socket]:
+    """*count* listening sockets on *endpoint*, one per worker: ``SO_REUSEPORT`` on TCP
+    (each has its own accept queue), the same socket *count* times on unix://."""
+    if endpoint.is_unix:
+        return [_bind_unix(endpoint.path)] * count
+    # SO_REUSEPORT would let us join a group that another gmta (same user)
+    # already listens in, silently splitting its connections with it. A plain
+    # bind first fails with EADDRINUSE then, as it does with one worker.
+    probe = _bind_tcp(endpoint, listen=False)
+    port = probe.getsockname()[1]
+    probe.close()
+    # Port 0: every socket of the group takes the port the kernel gave the probe.
+    fixed = Endpoint(endpoint.scheme, endpoint.host, port)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(_bind_tcp(fixed, reuse_port=True))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bind_tcp(endpoint: Endpoint, reuse_port: bool = False, listen: bool = True) -> socket.socket:
     family = _stdlib_socket.AF_INET6 if ":" in endpoint.host else _stdlib_socket.AF_INET
     sock = socket.socket(family, _stdlib_socket.SOCK_STREAM)
     try:
         sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
         sock.bind((endpoint.host or ("::" if family == _stdlib_socket.AF_INET6 else "0.0.0.0"),
                    endpoint.port))
-        sock.listen(BACKLOG)
+        if listen:
+            sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
         raise _failure(e, f"cannot listen on {endpoint}") from None

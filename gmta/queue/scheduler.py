@@ -20,6 +20,10 @@
   sessions still on the old configuration, attempts that end late) goes to the
   successor. The successor starts only after that, so one directory never has
   two schedulers dispatching at once.
+- **Other receiving processes** (``workers N``) send each id they commit to
+  the scheduler's wakeup socket (:mod:`gmta.queue.wakeup`); it is scheduled
+  at once, without a rescan. On reload the retiring scheduler closes the
+  socket before its successor binds it again.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from gevent.pool import Pool
 
 from gmta.durable import in_threadpool
 from gmta.queue.attempt import Attempt
+from gmta.queue.wakeup import WakeupListener
 
 WINDOW = 10000
 WAKEUP_POLL = 1.0
@@ -59,6 +64,7 @@ class Scheduler:
         self._wake = Event()
         self._rescan = Event()
         self._greenlets: list[gevent.Greenlet] = []
+        self._wakeups: WakeupListener | None = None
         self.started_at = 0.0
         #: Set by retire(): the scheduler that now runs this queue directory.
         self.successor: Scheduler | None = None
@@ -103,12 +109,18 @@ class Scheduler:
 
     # -- running -------------------------------------------------------------------------
 
-    def start(self, resumed: bool = False) -> None:
+    def start(self, resumed: bool = False, listen_for_wakeups: bool = False) -> None:
         """Begin dispatching; *resumed*: taking over on reload, not a start-up of gmta
-        (no ``post_init_delay``: the entries were due for the predecessor too)."""
+        (no ``post_init_delay``: the entries were due for the predecessor too);
+        *listen_for_wakeups*: other processes receive into this queue (``workers N``)."""
         if self.retired:
             return  # retired before it started (two reloads in quick succession)
         self.started_at = time.time()
+        if listen_for_wakeups:
+            # Before the start-up scan: what is committed after this point is
+            # announced, what was committed before is found by the scan.
+            self._wakeups = WakeupListener(self.spool, self._woken, self.log)
+            self._wakeups.start()
         self._greenlets = [gevent.spawn(self._dispatch),
                            gevent.spawn(self._maintain, not resumed)]
 
@@ -120,6 +132,10 @@ class Scheduler:
         successor cannot attempt the same entry; when one ends, its next due
         time goes to the successor through :meth:`schedule`.
         """
+        if self._wakeups is not None:
+            # The successor binds the same wakeup socket when it starts.
+            self._wakeups.stop()
+            self._wakeups = None
         for greenlet in self._greenlets:
             greenlet.kill(block=True, timeout=2)
         self._greenlets = []
@@ -132,7 +148,13 @@ class Scheduler:
         self.pool.join(timeout=timeout)
         return len(self.pool)
 
+    def _woken(self, entry_id: str) -> None:
+        self.schedule(entry_id, time.time())
+
     def stop(self) -> None:
+        if self._wakeups is not None:
+            self._wakeups.stop()
+            self._wakeups = None
         for greenlet in self._greenlets:
             greenlet.kill(block=True, timeout=2)
         # Attempts see queue.stopping and start no new delivery; let running

@@ -29,6 +29,7 @@ from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.schedule import DEFAULT_INITIAL_RETRY_TIME, DEFAULT_RETRY_TIME_SCALE
 from gmta.queue.scheduler import Scheduler
 from gmta.queue.store import Spool, Staged, new_id
+from gmta.queue.wakeup import WakeupSender
 
 STORE_FAILED = SMTPError(451, (4, 3, 0), "Cannot queue the message now, try again later")
 
@@ -104,7 +105,10 @@ class QueueDelivery:
         staged.lock.release()
         queue.log.info("queued", queue_id=staged.id, msg_id=self.meta.id,
                        sender=self.mail_from, rcpts=len(self.rcpts))
-        queue.scheduler.schedule(staged.id, time.time())
+        if queue.schedules:
+            queue.scheduler.schedule(staged.id, time.time())
+        else:
+            queue.wakeup_sender.send(staged.id)
 
     def abort(self) -> None:
         if self.staged is not None and not self.committed:
@@ -181,6 +185,12 @@ class QueueTarget(Module):
         self.notifier = Notifier(self)
         self.scheduler = Scheduler(self)
         self.stopping = False
+        #: False in a worker process that only receives (``workers N``, not worker 0):
+        #: the scheduler runs elsewhere and hears of new entries by wakeup datagram.
+        self.schedules = True
+        #: True when other processes receive into this queue: listen for their wakeups.
+        self.shared = False
+        self.wakeup_sender: WakeupSender | None = None
         #: Time of the last `gmta queue flush` of the whole queue (read from disk).
         self.flush_all = 0.0
         #: On reload: the old configuration's queue on this directory, whose
@@ -191,12 +201,22 @@ class QueueTarget(Module):
     def start_delivery(self, meta: MessageMeta, mail_from: str) -> QueueDelivery:
         return QueueDelivery(self, meta, mail_from)
 
+    def share_with_workers(self, schedules: bool) -> None:
+        """Several processes receive into this queue; only the one with *schedules* delivers."""
+        self.shared = True
+        self.schedules = schedules
+
     def start(self) -> None:
         in_threadpool(self.spool.prepare)
         self.stopping = False
-        if self.predecessor is None:
-            self.scheduler.start()
-        self.log.info("queue_started", queue=self.instance_name, location=self.location)
+        if not self.schedules:
+            # Another process schedules; tell it of each commit from the first.
+            self.wakeup_sender = WakeupSender(self.spool, self.log)
+        elif self.predecessor is None:
+            self.scheduler.start(listen_for_wakeups=self.shared)
+        # else (reload): take_over() starts the scheduler once the old one retired.
+        self.log.info("queue_started", queue=self.instance_name, location=self.location,
+                      scheduler="here" if self.schedules else "worker 0")
 
     def stop(self) -> None:
         self.stopping = True
@@ -207,7 +227,10 @@ class QueueTarget(Module):
             if self.predecessor is not None:
                 self.predecessor.stopping = True
                 self.predecessor.scheduler.stop()
-        if not self.scheduler.retired:
+        if self.wakeup_sender is not None:
+            self.wakeup_sender.close()
+            self.wakeup_sender = None
+        if self.schedules and not self.scheduler.retired:
             self.scheduler.stop()
         # else: reloaded, the successor runs this directory and waits (up to
         # shutdown_timeout) for the attempts still running here; they are not
@@ -237,5 +260,6 @@ class QueueTarget(Module):
             self.log.warning("attempts_still_running", queue=self.instance_name, count=running,
                              hint="they finish under the old configuration")
         self.predecessor = None
-        self.scheduler.start(resumed=True)
+        if self.schedules:
+            self.scheduler.start(resumed=True, listen_for_wakeups=self.shared)
         self.log.info("scheduler_taken_over", queue=self.instance_name, location=self.location)

@@ -1,0 +1,68 @@
+"""``workers N``: the supervisor's restart policy and the listener group (gmta.daemon.workers)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from gmta.config.values import Endpoint
+from gmta.daemon import workers
+from gmta.net import listen
+
+
+def test_restart_delay_doubles_then_gives_up():
+    worker = workers.Worker(0, {})
+    delays = [workers._crashed(worker) for _ in range(workers.CRASH_LIMIT)]
+    assert delays[:3] == [workers.RESTART_DELAY, 2 * workers.RESTART_DELAY,
+                          4 * workers.RESTART_DELAY]
+    assert delays[-1] is None
+
+
+def test_old_crashes_are_forgotten(monkeypatch):
+    worker = workers.Worker(0, {})
+    now = [1000.0]
+    monkeypatch.setattr(workers.time, "monotonic", lambda: now[0])
+    for _ in range(workers.CRASH_LIMIT - 1):
+        assert workers._crashed(worker) is not None
+    now[0] += workers.CRASH_WINDOW + 1
+    assert workers._crashed(worker) == workers.RESTART_DELAY
+
+
+def test_bind_group_shares_one_port_with_reuseport():
+    group = listen.bind_group(Endpoint("tcp", "127.0.0.1", 0), 3)
+    try:
+        ports = {s.getsockname()[1] for s in group}
+        assert len(group) == 3 and len(ports) == 1
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in group)
+        # A second gmta (or anything else) is refused, as with one worker.
+        with pytest.raises(OSError, match="cannot listen on tcp://127.0.0.1:"):
+            listen.bind_group(Endpoint("tcp", "127.0.0.1", ports.pop()), 2)
+    finally:
+        for s in group:
+            s.close()
+
+
+def test_bind_group_binds_a_unix_socket_once(tmp_path):
+    group = listen.bind_group(Endpoint("unix", path=str(tmp_path / "s.sock")), 2)
+    try:
+        assert group[0] is group[1]
+    finally:
+        group[0].close()
+
+
+def test_adopted_socket_is_served_instead_of_binding():
+    [sock] = listen.bind_group(Endpoint("tcp", "127.0.0.1", 0), 1)
+    address = Endpoint("tcp", "127.0.0.1", 0)
+    try:
+        listen.adopt(str(address), sock.fileno())
+        served = listen.bind(address)
+        assert served.getsockname() == sock.getsockname()
+        served.close()
+        # The inherited descriptor survives: a second bind (a reload) gets it again.
+        again = listen.bind(address)
+        assert again.getsockname() == sock.getsockname()
+        again.close()
+    finally:
+        listen._adopted.pop(str(address), None)
+        sock.close()
