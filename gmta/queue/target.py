@@ -262,4 +262,5 @@ class QueueTarget(Module):
         self.predecessor = None
         if self.schedules:
             self.scheduler.start(resumed=True, listen_for_wakeups=self.shared)
-        self.log.info("scheduler_taken_over", queue=self.instance_name, location=self.location)
+            self.log.info("scheduler_taken_over", queue=self.instance_name,
+                          location=self.location)

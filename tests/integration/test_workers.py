@@ -354,3 +354,48 @@ smtp tcp://127.0.0.1:{port} {{
         assert len(maildir_messages(state, "u@d.test")) == 8
     finally:
         assert gmta.stop() == 0, "\n".join(gmta.lines)
+
+
+def test_reload_reaches_every_worker_and_keeps_one_scheduler(tmp_path, state_dir,
+                                                           quiet_dns_server):
+    """SIGHUP to the supervisor: each worker reloads; mail sent across it is delivered once;
+    a reload that adds a listening address is refused by the workers, which keep serving."""
+    conf = tmp_path / "gmta.conf"
+    config = f"dns_servers {quiet_dns_server.directive}\n" + maildir_config(state_dir, queue=True)
+    conf.write_text(config)
+    gmta = start(conf)
+    try:
+        port = gmta.port()
+        send_in_parallel(port, 16)
+        conf.write_text(config.replace("hostname mx.gmta.test", "hostname mx2.gmta.test"))
+        gmta.proc.send_signal(signal.SIGHUP)
+        wait_for_count(gmta, r"worker=\d module=\S+ event=reloaded|worker=\d event=reloaded", 2)
+        # Both workers now greet with the new name (new connections, new config).
+        banners = set()
+        for _ in range(12):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                banners.add(s.recv(512).split(b" ")[1])
+        assert banners == {b"mx2.gmta.test"}
+        send_in_parallel(port, 16)
+        # Still exactly one scheduler: worker 0 took over from itself, worker 1 has none.
+        assert any("worker=0" in line and "event=scheduler_taken_over" in line
+                   for line in gmta.lines)
+        assert not any("worker=1" in line and "event=scheduler_taken_over" in line
+                       for line in gmta.lines)
+        # An added listener cannot be bound by a worker: refused, the old config serves on.
+        conf.write_text(config.replace("hostname mx.gmta.test", "hostname mx3.gmta.test")
+                        + "smtp tcp://127.0.0.1:0 tcp://127.0.0.2:0 { deliver_to &q }\n")
+        gmta.proc.send_signal(signal.SIGHUP)
+        wait_for_count(gmta, r"event=reload_failed .*restart gmta to add", 2)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            assert s.recv(512).split(b" ")[1] == b"mx2.gmta.test"
+        deadline = time.monotonic() + 15
+        while len(maildir_messages(state_dir, "u@d.test")) < 32:
+            assert time.monotonic() < deadline, "messages not delivered in time"
+            time.sleep(0.05)
+    finally:
+        status = gmta.stop()
+    assert status == 0, "\n".join(gmta.lines)
+    # 16 + 16 messages, numbered 0..15 twice: each delivered exactly once per sending.
+    bodies = maildir_messages(state_dir, "u@d.test")
+    assert len(bodies) == 32
