@@ -21,6 +21,9 @@ the server being measured is running):
               smtpd processes, and the sum of their PSS).
   big         one 50 MiB message with smtp-source -l: seconds until the 250,
               and gmta's peak RSS growth (VmHWM).
+  remote      the queue delivering 2,000 messages to 20 domains, each MX an
+              smtp-sink on 127.0.1.x, both servers resolving through one knotd
+              (bench/remote.py): msg/s and connections opened per message.
 
 Diagnostics, never in a ratio: dummy (gmta with deliver_to dummy), experiments
 (bench/gmta-variant: threadpool size, GIL switch interval, file work inline, no
