@@ -1030,8 +1030,9 @@ def report(args, results: dict) -> None:
         rows.append((f"{args.big_mib} MiB message, seconds to the 250 (median of {args.big_rounds})",
                      f"{bg['median_seconds']:.2f}", f"{bp['median_seconds']:.2f}",
                      ratio(bg["median_seconds"], bp["median_seconds"]), "gmta/Postfix ≤ 2"))
-    import remote
-    rows += remote.report_rows(args, results)
+    if "remote" in results:
+        import remote
+        rows += remote.report_rows(args, results)
     header = ("figure", "gmta", "Postfix", "gmta/Postfix", "target")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
     say("\n== results")

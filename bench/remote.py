@@ -38,7 +38,8 @@ import bench
 from bench import BenchError, Gmta, Postfix, run, say, wait_until
 
 sys.path.insert(0, str(bench.ROOT))
-from tests.integration.dnsserver import AuthoritativeDNS  # noqa: E402  (after the path)
+from tests.integration import dnsserver  # noqa: E402  (after the path)
+from tests.integration.dnsserver import AuthoritativeDNS  # noqa: E402
 
 DOMAINS = 20
 DNS_ADDRESS = "127.0.1.53"
@@ -57,6 +58,8 @@ def mx_address(n: int) -> str:
 # -- the world: DNS and the MX hosts --------------------------------------------------
 
 def start_dns(work: Path) -> AuthoritativeDNS:
+    if not os.path.exists(dnsserver.KNOTD):
+        raise BenchError("knotd is missing: bench/run installs the Debian package knot")
     dns = AuthoritativeDNS(work / "remote-dns", address=DNS_ADDRESS, port=DNS_PORT)
     for n in range(DOMAINS):
         dns.zone(domain(n), [f"@ MX 10 mx.{domain(n)}.", f"mx A {mx_address(n)}"])
