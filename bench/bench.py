@@ -21,6 +21,9 @@ the server being measured is running):
               smtpd processes, and the sum of their PSS).
   big         one 50 MiB message with smtp-source -l: seconds until the 250,
               and gmta's peak RSS growth (VmHWM).
+  remote      the queue delivering 2,000 messages to 20 domains, each MX an
+              smtp-sink on 127.0.1.x, both servers resolving through one knotd
+              (bench/remote.py): msg/s and connections opened per message.
 
 Diagnostics, never in a ratio: dummy (gmta with deliver_to dummy), experiments
 (bench/gmta-variant: threadpool size, GIL switch interval, file work inline, no
@@ -48,6 +51,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# bench/remote.py imports this module as "bench": the same one, not a second copy.
+sys.modules.setdefault("bench", sys.modules[__name__])
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -1048,6 +1054,9 @@ def report(args, results: dict) -> None:
         rows.append((f"{args.big_mib} MiB message, seconds to the 250 (median of {args.big_rounds})",
                      f"{bg['median_seconds']:.2f}", f"{bp['median_seconds']:.2f}",
                      ratio(bg["median_seconds"], bp["median_seconds"]), "gmta/Postfix ≤ 2"))
+    if "remote" in results:
+        import remote
+        rows += remote.report_rows(args, results)
     header = ("figure", "gmta", "Postfix", "gmta/Postfix", "target")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
     say("\n== results")
@@ -1077,8 +1086,8 @@ def main() -> int:
     parser.add_argument("--profile-out", default="", help="keep py-spy's raw stacks here")
     parser.add_argument("--perf", action="store_true",
                         help="sample the machine with perf during one gmta run")
-    parser.add_argument("--scenarios", default="throughput,dummy,experiments,idle,big",
-                        help="comma-separated: throughput,dummy,experiments,idle,big")
+    parser.add_argument("--scenarios", default="throughput,dummy,experiments,idle,big,remote",
+                        help="comma-separated: throughput,dummy,experiments,idle,big,remote")
     parser.add_argument("--experiments", default="",
                         help="only these experiments (comma-separated labels)")
     parser.add_argument("--workers", type=int, default=1,
@@ -1092,8 +1101,13 @@ def main() -> int:
     parser.add_argument("--big-rounds", type=int, default=3, help="50 MiB message rounds")
     parser.add_argument("--idle", type=int, default=2000)
     parser.add_argument("--big-mib", type=int, default=50)
+    parser.add_argument("--remote-messages", type=int, default=2000,
+                        help="remote: queued messages per run (a multiple of 20)")
+    parser.add_argument("--remote-rounds", type=int, default=3, help="remote: rounds")
+    parser.add_argument("--remote-timeout", type=float, default=180,
+                        help="remote: seconds allowed for one delivery run")
     parser.add_argument("--postfix-port", type=int, default=10025)
-    parser.add_argument("--budget", type=float, default=540, help="seconds for the whole run")
+    parser.add_argument("--budget", type=float, default=780, help="seconds for the whole run")
     parser.add_argument("--json", default="", help="write the figures here as JSON")
     args = parser.parse_args()
 
@@ -1145,6 +1159,10 @@ def main() -> int:
         scenario_idle(args, args.work, pf_port, results)
     if "big" in scenarios:
         scenario_big(args, args.work, pf_port, results)
+    if "remote" in scenarios:
+        # Last: both servers delete their queue files after delivering.
+        import remote
+        remote.scenario_remote(args, args.work, pf_port, results)
     results["fsync_end"] = fsync_latency(args.work)
     results["seconds"] = time.monotonic() - started
     report(args, results)

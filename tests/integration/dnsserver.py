@@ -81,12 +81,16 @@ def free_port(address: str) -> int:
 class AuthoritativeDNS:
     """One ``knotd`` serving the zones a test wrote."""
 
-    def __init__(self, directory: Path, address: str = DEFAULT_ADDRESS, *, signed: bool = False):
+    def __init__(self, directory: Path, address: str = DEFAULT_ADDRESS, port: int | None = None,
+                 *, signed: bool = False):
         self.directory = Path(directory)
         self.address = address
         #: Whether :meth:`zone` signs a zone when not told.
         self.signed = signed
-        self.port: int | None = None
+        # A fixed port (53) serves resolvers that cannot be told one: glibc's
+        # resolv.conf, as Postfix uses (bench/remote.py); by default a free port.
+        self.fixed_port = port
+        self.port: int | None = port
         self.proc: subprocess.Popen | None = None
         self._zones: dict[str, list[str]] = {}
         self._broken: set[str] = set()
@@ -209,7 +213,7 @@ zone:
             self._zones.setdefault(REVERSE_ZONE, [])
         last_log = ""
         for _ in range(START_ATTEMPTS):
-            self.port = free_port(self.address)
+            self.port = self.fixed_port or free_port(self.address)
             self._write_zones()
             config = self._write_config()
             log = open(self.directory / "knotd.log", "wb")

@@ -53,7 +53,8 @@ def wait_for_banner(address, timeout: float = READY_TIMEOUT, process=None,
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise AssertionError(f"peer exited with {process.returncode} before answering")
-        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+        family = socket.AF_UNIX if isinstance(address, str) \
+            else socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         try:
             with socket.socket(family, socket.SOCK_STREAM) as sock:
                 sock.settimeout(2)
@@ -110,7 +111,11 @@ class SmtpSink:
             command.append("-L")
         if os.geteuid() == 0:
             command += ["-u", "nobody"]
-        command += [*options, f"{host}:{self.port}", "16"]
+        # Postfix writes an IPv6 endpoint in brackets; -6 makes smtp-sink use IPv6.
+        endpoint = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        if ":" in host:
+            command.append("-6")
+        command += [*options, endpoint, "16"]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
@@ -121,7 +126,8 @@ class SmtpSink:
 
     @property
     def address(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
 
     def messages(self) -> list[email.message.Message]:
         """The dumped transactions: X-Mail-Args, X-Rcpt-Args, then the message."""

@@ -10,6 +10,7 @@ Every MX host listens on one port (``smtp_port``); who listens where:
 .6     smtp-sink for the implicit MX domain
 .7     a tarpit: accepts TCP, never greets (timeouts)
 .8     smtp-sink answering 554 at the greeting
+::1    smtp-sink for the AAAA-only MX (IPv6 loopback)
 ====== ================================================================
 """
 
@@ -48,9 +49,12 @@ ZONE = [
     "two MX 10 other.hosts",
     "shared1 MX 10 up.hosts", "shared2 MX 10 up.hosts",
     "danglingmx MX 10 gone.hosts",
+    "v6only MX 10 v6.hosts",
+    "spread MX 10 up.hosts", "spread MX 10 other.hosts",
     "down.hosts A 127.0.0.2", "up.hosts A 127.0.0.3", "down2.hosts A 127.0.0.4",
     "other.hosts A 127.0.0.5", "twoaddr.hosts A 127.0.0.4", "twoaddr.hosts A 127.0.0.5",
     "tarpit.hosts A 127.0.0.7", "refuser.hosts A 127.0.0.8",
+    "v6.hosts AAAA ::1",
 ]
 
 
@@ -68,13 +72,15 @@ def port() -> int:
     """One port for every MX host of a test, free on each address it uses."""
     for _ in range(20):
         candidate = free_port("127.0.0.3")
-        if all(_free(f"127.0.0.{n}", candidate) for n in range(2, 10)):
+        if all(_free(f"127.0.0.{n}", candidate) for n in range(2, 10)) \
+                and _free("::1", candidate):
             return candidate
-    raise RuntimeError("no port free on 127.0.0.2-9")
+    raise RuntimeError("no port free on 127.0.0.2-9 and ::1")
 
 
 def _free(address: str, port: int) -> bool:
-    with socket.socket() as sock:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family) as sock:
         try:
             sock.bind((address, port))
         except OSError:
@@ -195,6 +201,39 @@ def test_r8_all_mx_down_is_temporary_and_says_why(remote):
     assert "Connection refused" in error.text
     assert error.misc["failure"] == "refused"
     assert target.limits.state()["destination"]["in_use"] == 0
+
+
+def test_aaaa_only_mx_is_reached_over_ipv6(remote, smtp_sink, port):
+    sink = smtp_sink(host="::1", port=port)
+    target = remote()
+    assert deliver(target, ["b@v6only.remote.test"]) == {"b@v6only.remote.test": None}
+    assert rcpts_of(sink) == [["<b@v6only.remote.test>"]]
+    assert target.connections[0].facts.address == "::1"
+
+
+def test_force_ipv4_skips_an_aaaa_only_mx_and_says_so(remote, smtp_sink, port):
+    sink = smtp_sink(host="::1", port=port)
+    target = remote("force_ipv4 yes\n limits { destination concurrency 1 }")
+    [error] = deliver(target, ["b@v6only.remote.test"]).values()
+    assert (error.code, error.enhanced) == (550, (5, 4, 4)), error
+    assert "v6.hosts.remote.test" in error.text and "force_ipv4" in error.text, error
+    assert target.connections == [] and sink.messages() == []
+    assert target.limits.state()["destination"]["in_use"] == 0
+
+
+def test_equal_preference_mx_hosts_share_the_messages(remote, smtp_sink, port):
+    # RFC 5321 §5.1: equal preferences are tried in random order, so new sessions
+    # (one per message here) land on both hosts. All 16 on one: p = 2**-15.
+    up = smtp_sink(host="127.0.0.3", port=port)
+    other = smtp_sink(host="127.0.0.5", port=port)
+    target = remote("conn_reuse_limit 1")
+    for n in range(16):
+        assert deliver(target, [f"u{n}@spread.remote.test"],
+                       meta=MessageMeta(f"m{n}")) == {f"u{n}@spread.remote.test": None}
+    assert len(target.connections) == 16
+    used = {c.facts.address for c in target.connections}
+    assert used == {"127.0.0.3", "127.0.0.5"}
+    assert len(up.messages()) + len(other.messages()) == 16
 
 
 def test_r2_implicit_mx(remote, smtp_sink, port):

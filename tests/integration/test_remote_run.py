@@ -23,6 +23,7 @@ from gmta.errors import SMTPError
 from gmta.target.security import MXLevel, TLSLevel
 from tests.integration.conftest import base_config, maildir_messages
 from tests.integration.dnsserver import AuthoritativeDNS
+from tests.integration.mxauth_world import world  # noqa: F401
 from tests.integration.peers import ca, smtp_sink  # noqa: F401
 from tests.integration.test_remote import port  # noqa: F401
 
@@ -240,3 +241,29 @@ smtp tcp://127.0.0.1:0 {
             556, b"5.1.10 Domain null.test does not accept email (null MX)")
     finally:
         dns.stop()
+
+
+def test_r17_signed_a_only_domain_with_dnssec_and_dane_is_delivered(start_gmta, world,
+                                                                     smtp_sink, port):
+    # maddy #321: an implicit MX (A record only) in a DNSSEC-signed zone without
+    # TLSA records must not stop delivery when mx_auth has dnssec and dane.
+    world.zone("aonly.test", ["@ A 127.0.0.2"])
+    world.start()
+    sink = smtp_sink(host="127.0.0.2", port=port)
+    config = base_config(world.state_dir, f"tls off\ndns_servers {world.resolver.directive}")
+    gmta = start_gmta(config + f"""
+smtp tcp://127.0.0.1:0 {{
+    deliver_to target.remote {{
+        smtp_port {port}
+        mx_auth {{
+            dnssec
+            dane
+        }}
+    }}
+}}
+""")
+    with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=30) as client:
+        assert client.sendmail("a@example.org", ["b@aonly.test", "c@aonly.test"], MESSAGE) == {}
+    [message] = sink.wait_for_messages(1)
+    assert message.get_all("X-Rcpt-Args") == ["<b@aonly.test>", "<c@aonly.test>"]
+    gmta.wait_for(r"event=mx_connected .*mx=aonly\.test .*tls=none mx_level=dnssec")
