@@ -93,3 +93,20 @@ def count_reply(accepted, rejected, endpoint: str, code: int | None) -> None:
         accepted.labels(endpoint).inc()
     else:
         rejected.labels(endpoint, code_class(code)).inc()
+
+
+def _target_result(error) -> str:
+    if error is None:
+        return "delivered"
+    # Anything that is not an SMTPError is temporary (DESIGN §3).
+    return "temporary_failure" if getattr(error, "temporary", True) else "permanent_failure"
+
+
+def count_target(target: str, rcpts, error=None) -> None:
+    """Count one outcome per recipient at a target: *error* None (all delivered),
+    an error with per-recipient ``results`` (PartialDeliveryError), or one error
+    for all."""
+    results = getattr(error, "results", None)
+    for rcpt in rcpts:
+        outcome = results.get(rcpt, error) if results is not None else error
+        TARGET_DELIVERIES.labels(target, _target_result(outcome)).inc()

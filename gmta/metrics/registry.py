@@ -275,5 +275,5 @@ class Registry:
 def _label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
     if not names:
         return ""
-    pairs = ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values))
+    pairs = ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
     return "{" + pairs + "}"

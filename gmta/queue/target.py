@@ -22,6 +22,7 @@ from gmta.delivery import MessageMeta
 from gmta.durable import in_threadpool
 from gmta.errors import SMTPError
 from gmta.pipeline.pipeline import HANDLING_DIRECTIVES, Pipeline
+from gmta.queue.census import QueueGauges
 from gmta.queue.notify import Notifier
 from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.schedule import DEFAULT_INITIAL_RETRY_TIME, DEFAULT_RETRY_TIME_SCALE
@@ -178,6 +179,7 @@ class QueueTarget(Module):
         self.spool = Spool(location)
         self.notifier = Notifier(self)
         self.scheduler = Scheduler(self)
+        self.gauges = QueueGauges(self.instance_name, self.spool)
         self.stopping = False
         #: Time of the last `gmta queue flush` of the whole queue (read from disk).
         self.flush_all = 0.0
@@ -189,9 +191,11 @@ class QueueTarget(Module):
         in_threadpool(self.spool.prepare)
         self.stopping = False
         self.scheduler.start()
+        self.gauges.track()
         self.log.info("queue_started", queue=self.instance_name, location=self.location)
 
     def stop(self) -> None:
         self.stopping = True
         self.scheduler.stop()
+        self.gauges.untrack()
         self.log.info("queue_stopped", queue=self.instance_name)
