@@ -14,7 +14,7 @@ import time
 from gmta import metrics
 from gmta.durable import in_threadpool
 
-CENSUS_TTL = 1.0
+CENSUS_TTL = 0.25
 
 
 class QueueGauges:
