@@ -67,7 +67,8 @@ def parse(text: str, openmetrics: bool = False) -> dict[tuple, float]:
             else:
                 if name in helps:
                     raise ParseError(f"second HELP, {where}")
-                if re.search(r"\\[^\\n\"]" if openmetrics else r"\\[^\\n]", rest):
+                escapes = r'\\[\\n"]' if openmetrics else r"\\[\\n]"
+                if not re.fullmatch(rf"(?:[^\\]|{escapes})*", rest):
                     raise ParseError(f"bad escape in HELP, {where}")
                 helps.add(name)
             continue
