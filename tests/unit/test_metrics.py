@@ -227,3 +227,49 @@ def test_openmetrics_refuses_tls_and_needs_an_address(tmp_path):
         with pytest.raises(ConfigErrors) as e:
             load_text(base + block + "\n")
         assert message in str(e.value)
+
+
+# -- the counting places (the integration test covers endpoints, queues, targets) ---------
+
+def test_limits_count_waits_and_refusals():
+    import gevent
+
+    from gmta.errors import SMTPError
+    from gmta.limits import LimitSet, Rule
+
+    limits = LimitSet([Rule("ip", "concurrency", 1), Rule("all", "rate", 1, 0.05)],
+                      wait_timeout=0.5, label="t_limits", max_keys=1)
+    waits, refusals = gmta.metrics.LIMIT_WAITS, gmta.metrics.LIMIT_REFUSALS
+    start_rate = waits.value("t_limits", "all", "rate")
+    start_slot = waits.value("t_limits", "ip", "concurrency")
+    first = limits.take(ip="192.0.2.1")
+    # Waits for a rate token (the burst is 1), then for the slot, which comes back.
+    gevent.spawn_later(0.1, first.release)
+    limits.take(ip="192.0.2.1").release()
+    assert waits.value("t_limits", "all", "rate") == start_rate + 1
+    assert waits.value("t_limits", "ip", "concurrency") == start_slot + 1
+    held = limits.take(ip="192.0.2.1")
+    keys_full = refusals.value("t_limits", "ip", "keys_full")
+    with pytest.raises(SMTPError):
+        limits.take(ip="192.0.2.2")   # the one key of the ip map is busy
+    assert refusals.value("t_limits", "ip", "keys_full") == keys_full + 1
+    timeouts = refusals.value("t_limits", "ip", "concurrency")
+    with pytest.raises(SMTPError):
+        limits.acquire({"ip": "192.0.2.1"}, timeout=0.05)
+    assert refusals.value("t_limits", "ip", "concurrency") == timeouts + 1
+    held.release()
+
+
+def test_dns_failures_are_counted_by_kind_and_type():
+    from gmta.net.dns import DNSError, Resolver
+
+    # A port nobody answers on: the lookup times out.
+    resolver = Resolver((("127.0.0.1", 9),), query_timeout=0.1, lifetime=0.3)
+    def failures():
+        # Port 9 may refuse (ICMP) rather than drop: either is a failed MX lookup.
+        return sum(gmta.metrics.DNS_FAILURES.value(kind, "MX") for kind in ("timeout", "servfail"))
+
+    before = failures()
+    with pytest.raises(DNSError):
+        resolver.mx("example.test")
+    assert failures() == before + 1
