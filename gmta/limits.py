@@ -41,6 +41,7 @@ import gevent
 import gevent.lock
 
 import gmta.log
+from gmta import metrics
 from gmta.config.module import Module, register
 from gmta.config.parser import Node
 from gmta.config.values import parse_duration
@@ -466,6 +467,7 @@ class LimitSet:
                 entry = scope.get(key, now)
                 if entry is None:
                     scope.overflows += 1
+                    metrics.LIMIT_REFUSALS.labels(self.label, name, "keys_full").inc()
                     log.warning("limit_keys_full", limits=self.label, scope=name, key=key,
                                 max_keys=scope.max_keys)
                     raise high_load_error(name, key)
@@ -505,6 +507,7 @@ class LimitSet:
             self._timed_out(scope, entry, "rate", started)
         if wait <= 0:
             return
+        metrics.LIMIT_WAITS.labels(self.label, scope.name, "rate").inc()
         scope.waiting += 1
         try:
             self.sleep(wait)
@@ -520,6 +523,7 @@ class LimitSet:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 self._timed_out(scope, entry, "concurrency", started)
+            metrics.LIMIT_WAITS.labels(self.label, scope.name, "concurrency").inc()
             scope.waiting += 1
             try:
                 ok = entry.sem.acquire(timeout=remaining)
@@ -534,6 +538,7 @@ class LimitSet:
 
     def _timed_out(self, scope: _Scope, entry: _Entry, kind: str, started: float):
         scope.timeouts += 1
+        metrics.LIMIT_REFUSALS.labels(self.label, scope.name, kind).inc()
         key = entry.key if scope.name != "all" else None
         log.warning("limit_wait_timeout", limits=self.label, scope=scope.name, key=key,
                     limit=kind, waited=f"{max(0.0, self.clock() - started):.3f}s")

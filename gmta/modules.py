@@ -5,6 +5,7 @@ the program does, once, through this file. A new module is added here.
 """
 
 import gmta.auth.pass_table  # noqa: F401
+import gmta.endpoint.openmetrics  # noqa: F401
 import gmta.endpoint.smtp  # noqa: F401
 import gmta.limits  # noqa: F401
 import gmta.mxauth  # noqa: F401  (mx_auth and its policies)

@@ -137,7 +137,6 @@ NOT_IN_GMTA = {
             "or into Maildirs with target.maildir",
     "storage.imapsql": "gmta has no mailbox storage; use target.lmtp (Dovecot) "
                        "or target.maildir",
-    "openmetrics": "not built yet (see docs/FEATURES.md)",
     "table.sql_table": "SQL tables are not supported; use table.file",
     "table.sql_query": "SQL tables are not supported; use table.file",
     "auth.pam": "PAM is not supported; use auth.pass_table",

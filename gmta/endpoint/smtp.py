@@ -21,6 +21,7 @@ import gevent
 from gevent.pool import Group
 
 import gmta.log
+from gmta import metrics
 from gmta.buffer import BufferPolicy, BufferWriter
 from gmta.config.module import Module, register
 from gmta.config.parser import Node
@@ -671,6 +672,8 @@ class SMTPEndpoint(Module):
         greenlet = gevent.getcurrent()
         self.sessions.add(greenlet)
         implicit_tls = address.tls
+        metrics.SESSIONS_OPENED.labels(self.instance_name).inc()
+        metrics.SESSIONS_ACTIVE.labels(self.instance_name).inc()
         try:
             early_data = b""
             if self.proxy_policy is not None:
@@ -701,11 +704,13 @@ class SMTPEndpoint(Module):
             driver = SessionDriver(sock, conn, handler, read_timeout=self.read_timeout,
                                    write_timeout=self.write_timeout,
                                    tls_context=self.tls_context, io_debug=self.io_debug,
-                                   session_id=session_id, log=self.log)
+                                   session_id=session_id, log=self.log,
+                                   endpoint=self.instance_name)
             greenlet.driver = driver
             conn.receive_data(early_data)
             driver.run()
         finally:
+            metrics.SESSIONS_ACTIVE.labels(self.instance_name).dec()
             try:
                 sock.close()
             except OSError:

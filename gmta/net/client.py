@@ -30,6 +30,7 @@ import gevent
 from gevent import socket
 
 import gmta.log
+from gmta import metrics
 from gmta.config.values import Endpoint
 from gmta.errors import SMTPError
 from gmta.proto.client import ClientConnection, ClientState, Response
@@ -255,6 +256,7 @@ class SMTPClient:
                            verified=self.tls.verified)
 
     def _tls_failed(self, raw, enhanced, text: str, verify: bool = False) -> ConnectionFailed:
+        metrics.OUTBOUND_TLS_FAILURES.labels("verify" if verify else "handshake").inc()
         self.usable = False
         _close(raw)
         self.sock = None

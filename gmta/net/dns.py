@@ -45,6 +45,8 @@ import dns.reversename
 import gevent
 import gevent.monkey
 
+from gmta import metrics
+
 RESOLV_CONF = "/etc/resolv.conf"
 
 # Seconds one server has to answer one query before the next server (or the
@@ -236,7 +238,11 @@ class Resolver:
 
     def resolve(self, name: str, rdtype: str, *, lifetime: float | None = None) -> Answer:
         """The *rdtype* records of *name*, following CNAMEs; raise DNSError on failure."""
-        return _cooperative(self._resolve_blocking, name, rdtype, lifetime)
+        try:
+            return _cooperative(self._resolve_blocking, name, rdtype, lifetime)
+        except DNSError as error:
+            metrics.DNS_FAILURES.labels(error.kind, rdtype).inc()
+            raise
 
     def _resolve_blocking(self, name: str, rdtype: str, lifetime: float | None) -> Answer:
         resolver = self._dnspython_or_failure(name, rdtype)

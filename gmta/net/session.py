@@ -20,6 +20,7 @@ from typing import Protocol
 import gevent
 
 import gmta.log
+from gmta import metrics
 from gmta.errors import SMTPError
 from gmta.proto.events import (CLOSED, NEED_DATA, Auth, BodyChunk, Connected, DataStart, Ehlo,
                                Helo, Lhlo, Mail, MessageEnd, ProtocolError, Quit, Rcpt, Rset,
@@ -64,7 +65,7 @@ class SessionDriver:
     def __init__(self, sock, conn: ServerConnection, handler: SessionHandler, *,
                  read_timeout: float, write_timeout: float,
                  tls_context: ssl.SSLContext | None = None, io_debug: bool = False,
-                 session_id: str = "", log: gmta.log.EventLogger = log):
+                 session_id: str = "", log: gmta.log.EventLogger = log, endpoint: str = ""):
         self.sock = sock
         self.conn = conn
         self.handler = handler
@@ -74,6 +75,8 @@ class SessionDriver:
         self.io_debug = io_debug
         self.session_id = session_id
         self.log = log
+        #: The endpoint's name in the metrics (gmta.metrics).
+        self.endpoint = endpoint
         self.stopping = False
         # True while blocked reading the next command outside a transaction:
         # the one place where a stop may interrupt the session at once.
@@ -192,6 +195,7 @@ class SessionDriver:
         if isinstance(event, MessageEnd) and event.error is not None:
             # The machine refused the body itself (size, header size).
             self.log.info("message_refused", session=self.session_id, reason=str(event.error))
+            self._count(event, event.error.code)
             return
         if isinstance(event, (Rset, Quit)) or not event.needs_answer:
             return
@@ -199,6 +203,7 @@ class SessionDriver:
             results = self._call_handler(event)
         except SMTPError as error:
             conn.reject(error)
+            self._count(event, error.code)
             return
         except Exception as e:
             # DESIGN §3: anything that is not an SMTPError is a temporary failure;
@@ -206,11 +211,25 @@ class SessionDriver:
             self.log.error("handler_failed", session=self.session_id,
                            command=type(event).__name__, error=repr(e))
             conn.reject(INTERNAL_ERROR)
+            self._count(event, INTERNAL_ERROR.code)
             return
         if isinstance(event, MessageEnd) and results is not None:
             conn.reply_per_recipient(results)
+            # LMTP (RFC 2033 §4.2): accepted if any recipient got its 250.
+            failed = [r for r in results if r is not None]
+            self._count(event, failed[0].code if failed and len(failed) == len(results) else None)
         else:
             conn.accept()
+            self._count(event, None)
+
+    def _count(self, event, code: int | None) -> None:
+        """Count the reply to a RCPT or an end of data (None: accepted)."""
+        if isinstance(event, Rcpt):
+            metrics.count_reply(metrics.RECIPIENTS_ACCEPTED, metrics.RECIPIENTS_REJECTED,
+                                self.endpoint, code)
+        elif isinstance(event, MessageEnd):
+            metrics.count_reply(metrics.MESSAGES_ACCEPTED, metrics.MESSAGES_REJECTED,
+                                self.endpoint, code)
 
     def _call_handler(self, event):
         handler = self.handler

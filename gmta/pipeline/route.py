@@ -37,8 +37,9 @@ def find_pipeline(config, name: str | None):
     or the name of a ``msgpipeline`` block. Without it, the first ``smtp``
     endpoint, else the first endpoint. Raises LookupError with the choices.
     """
-    endpoints = list(config.endpoints)
-    if name is None:
+    # Only mail endpoints have a pipeline (not openmetrics).
+    endpoints = [e for e in config.endpoints if getattr(e, "pipeline", None) is not None]
+    if name is None and endpoints:
         chosen = next((e for e in endpoints if e.name == "smtp"), endpoints[0])
         return chosen.pipeline, _describe(chosen)
     for endpoint in endpoints:

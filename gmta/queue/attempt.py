@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from gmta import metrics
 from gmta.delivery import MessageMeta, PartialDeliveryError, tls_required_no
 from gmta.durable import in_threadpool
 from gmta.errors import SMTPError
@@ -191,6 +192,7 @@ class Attempt:
         expired = expire(record, queue.max_tries)
         if expired:
             changed = True
+            metrics.QUEUE_DELIVERIES.labels(queue.instance_name, "bounced").inc(len(expired))
             self.log.info("retries_exhausted", queue_id=record.id, msg_id=record.msg_id,
                           rcpts=",".join(expired))
         attempt_due = record.next_attempt
@@ -225,6 +227,9 @@ class Attempt:
     def _log_results(self, record: QueuedMessage, results: dict) -> None:
         for address, error in results.items():
             r = record.recipient(address)
+            metrics.QUEUE_DELIVERIES.labels(self.queue.instance_name, "delivered" if error is None
+                                            else "bounced" if r.state == FAILED
+                                            else "deferred").inc()
             if error is None:
                 self.log.info("delivered", queue_id=record.id, msg_id=record.msg_id,
                               rcpt=address, attempt=r.tries)

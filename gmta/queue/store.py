@@ -392,6 +392,22 @@ class Spool:
                         continue
                     yield ScanEvent("corrupt", name, reason="unknown file in msg/")
 
+    def census(self) -> tuple[int, float | None]:
+        """How many entries ``msg/`` holds and the arrival time of the oldest (None
+        if empty), from one directory read: ids begin with their arrival time in
+        microseconds (:func:`new_id`). Blocking: run it in the threadpool."""
+        count = 0
+        oldest: str | None = None
+        with os.scandir(self.msg_dir) as entries:
+            for dirent in entries:
+                entry_id, _, kind = dirent.name.partition(".")
+                if kind != "meta" or not valid_id(entry_id):
+                    continue
+                count += 1
+                if len(entry_id) >= 14 and (oldest is None or entry_id < oldest):
+                    oldest = entry_id
+        return count, (int(oldest[:14], 16) / 1e6 if oldest is not None else None)
+
     def _scan_record(self, entry_id: str) -> ScanEvent:
         if not os.path.exists(self.msg_path(entry_id)):
             # Publishing renames ID.msg first and removing unlinks it last, so

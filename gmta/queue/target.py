@@ -24,6 +24,7 @@ from gmta.delivery import MessageMeta
 from gmta.durable import in_threadpool
 from gmta.errors import SMTPError
 from gmta.pipeline.pipeline import HANDLING_DIRECTIVES, Pipeline
+from gmta.queue.census import QueueGauges
 from gmta.queue.notify import Notifier
 from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.schedule import DEFAULT_INITIAL_RETRY_TIME, DEFAULT_RETRY_TIME_SCALE
@@ -184,6 +185,7 @@ class QueueTarget(Module):
         self.spool = Spool(location)
         self.notifier = Notifier(self)
         self.scheduler = Scheduler(self)
+        self.gauges = QueueGauges(self.instance_name, self.spool)
         self.stopping = False
         #: False in a worker process that only receives (``workers N``, not worker 0):
         #: the scheduler runs elsewhere and hears of new entries by wakeup datagram.
@@ -215,11 +217,13 @@ class QueueTarget(Module):
         elif self.predecessor is None:
             self.scheduler.start(listen_for_wakeups=self.shared)
         # else (reload): take_over() starts the scheduler once the old one retired.
+        self.gauges.track()
         self.log.info("queue_started", queue=self.instance_name, location=self.location,
                       scheduler="here" if self.schedules else "worker 0")
 
     def stop(self) -> None:
         self.stopping = True
+        self.gauges.untrack()
         if self._taking_over is not None and not self._taking_over.dead:
             # gmta stops while this queue still waits for the old scheduler's
             # attempts: those get the usual stop grace, as if never reloaded.

@@ -33,6 +33,7 @@ import gevent
 import gevent.pool
 
 import gmta.log
+from gmta import metrics
 from gmta.buffer import Buffer
 from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, ModuleRef
@@ -130,6 +131,7 @@ class RemoteDelivery:
         if group is None:
             group = self._open_domain(domain)
         if group.error is not None:
+            metrics.count_target(self.target.instance_name, [rcpt], group.error)
             raise group.error
         client = group.connection.client
         address = server_address(rcpt, group.smtputf8, server=group.mx)
@@ -141,10 +143,20 @@ class RemoteDelivery:
                           rcpt=rcpt, reply=str(error))
             if not client.usable:
                 group.error = error
+            metrics.count_target(self.target.instance_name, [rcpt], error)
             raise error from None
         group.rcpts[address] = rcpt
 
     def body(self, header: bytes, body: Buffer) -> None:
+        rcpts = [r for g in self.domains.values() if g.error is None for r in g.rcpts.values()]
+        try:
+            self._send_body(header, body)
+        except SMTPError as error:
+            metrics.count_target(self.target.instance_name, rcpts, error)
+            raise
+        metrics.count_target(self.target.instance_name, rcpts)
+
+    def _send_body(self, header: bytes, body: Buffer) -> None:
         if tls_required_no(header) and self.policies_on and not self.meta.tls_required_no:
             # Known only now: the sessions were set up under the policies already,
             # so the header cannot relax them for this attempt (as maddy documents).

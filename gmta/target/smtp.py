@@ -22,6 +22,7 @@ import secrets
 import ssl
 
 import gmta.log
+from gmta import metrics
 from gmta.buffer import Buffer
 from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Endpoints, ModuleRef
@@ -137,10 +138,19 @@ class ForwardDelivery:
             error = temporary_552(error)
             self.log.info("rcpt_refused", msg_id=self.meta.id, session=self.session_id,
                           target=self.client.peer, rcpt=rcpt, reply=str(error))
+            metrics.count_target(self.target.instance_name, [rcpt], error)
             raise error from None
         self.rcpts[downstream] = rcpt
 
     def body(self, header: bytes, body: Buffer) -> None:
+        try:
+            self._send_body(header, body)
+        except SMTPError as error:
+            metrics.count_target(self.target.instance_name, self.rcpts.values(), error)
+            raise
+        metrics.count_target(self.target.instance_name, self.rcpts.values())
+
+    def _send_body(self, header: bytes, body: Buffer) -> None:
         client = self.client
         if client is None or not client.usable:
             raise SMTPError(451, (4, 4, 2), "Connection to the downstream server was lost")

@@ -238,7 +238,7 @@ def test_unknown_top_level_name_close_to_a_module(mods):
 @pytest.mark.parametrize("name, advice", [
     ("imap", "gmta is an MTA without IMAP"),
     ("storage.imapsql", "gmta has no mailbox storage"),
-    ("openmetrics", "not built yet"),
+    ("auth.pam", "PAM is not supported"),
     ("tls.loader.acme", "ACME is not supported"),
 ])
 def test_maddy_modules_gmta_lacks(name, advice, mods):
