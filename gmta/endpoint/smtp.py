@@ -10,11 +10,13 @@ delivery, each RCPT is added to it, the body is buffered (``buffer``), a
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import functools
 import ipaddress
 import re
 import secrets
+import time
 from dataclasses import dataclass
 
 import gevent
@@ -420,7 +422,7 @@ class EndpointSession:
                 f"with {self.meta.conn['proto']}", f"id {self.meta.id}"]
         if len(self.rcpts) == 1:
             rest.append(f"for <{self.rcpts[0]}>")
-        date = email.utils.format_datetime(email.utils.localtime())
+        date = _trace_date()
         line = "Received: " + " ".join(first) + "\r\n\t" + " ".join(rest) + \
             f";\r\n\t{date}\r\n"
         return line.encode("utf-8")
@@ -464,6 +466,22 @@ def _trace_name(name: str, utf8: bool) -> str:
     if not utf8:
         name = _ascii_or_literal(name)
     return _UNSAFE_TRACE_CHARS.sub("?", name) or "?"
+
+
+_formatted_date: list = [None, ""]   # (second, its RFC 5322 text)
+
+
+def _trace_date() -> str:
+    """Now as an RFC 5322 §3.3 date in local time, for the Received field.
+
+    Formatted once per second: the field shows whole seconds, and formatting
+    (time zone lookup included) cost more than the rest of the field.
+    """
+    second = int(time.time())
+    if _formatted_date[0] != second:
+        moment = datetime.datetime.fromtimestamp(second).astimezone()
+        _formatted_date[:] = [second, email.utils.format_datetime(moment)]
+    return _formatted_date[1]
 
 
 def _header_end(header: bytearray) -> int | None:
