@@ -18,6 +18,9 @@ import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
+#: Chunk size when a body is copied from a file.
+COPY_CHUNK = 1 << 16
+
 
 @dataclass(frozen=True)
 class BufferPolicy:
@@ -43,6 +46,21 @@ class Buffer:
     def remove(self) -> None:
         """Free the storage; the buffer must not be opened afterwards."""
 
+    def write_to(self, fd: int, prefix: bytes = b"") -> None:
+        """Write *prefix* and then the body to the file descriptor *fd* (blocking)."""
+        with os.fdopen(fd, "wb", buffering=COPY_CHUNK, closefd=False) as out:
+            out.write(prefix)
+            with self.open() as src:
+                while chunk := src.read(COPY_CHUNK):
+                    out.write(chunk)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of *data* is written (a regular file may take less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
 
 class MemoryBuffer(Buffer):
     def __init__(self, data: bytes):
@@ -54,6 +72,12 @@ class MemoryBuffer(Buffer):
 
     def remove(self) -> None:
         self.data = b""
+
+    def write_to(self, fd: int, prefix: bytes = b"") -> None:
+        # One system call for a small message: in a pool thread each call
+        # gives up the GIL and takes it back, a futex round trip when the hub
+        # is busy (bench/README.md).
+        write_all(fd, prefix + self.data)
 
 
 class FileBuffer(Buffer):

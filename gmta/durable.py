@@ -44,6 +44,44 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _rename_and_sync(path: str, renames_per_waiter: list[list[tuple[str, str]]]):
+    """In a pool thread: each waiter's renames, then one fsync of *path* for all.
+
+    A waiter's renames run in order and stop at its first failure (a queue
+    entry's record must not appear without its message file). Returns each
+    waiter's rename error (or None) and the fsync's error (or None).
+    """
+    errors: list[OSError | None] = []
+    for renames in renames_per_waiter:
+        error = None
+        for source, destination in renames:
+            try:
+                os.rename(source, destination)
+            except OSError as e:
+                error = e
+                break
+        errors.append(error)
+    try:
+        fsync_dir(path)
+    except OSError as e:
+        return errors, e
+    return errors, None
+
+
+class _SyncGroup:
+    """The waiters that one directory fsync releases, with the renames it makes durable."""
+
+    __slots__ = ("renames", "done")
+
+    def __init__(self) -> None:
+        self.renames: list[list[tuple[str, str]]] = []
+        self.done = AsyncResult()
+
+    def join(self, renames) -> int:
+        self.renames.append(list(renames))
+        return len(self.renames) - 1
+
+
 class DirectorySync:
     """Group commit for one directory: one ``fsync`` covers every rename before it.
 
@@ -54,44 +92,70 @@ class DirectorySync:
     that single ``fsync``. Under load this turns one directory flush per
     message into one per batch; an idle system still syncs at once.
 
+    The renames into the directory travel with the sync and run in the same
+    pool thread, just before the fsync: one trip to the pool per batch, and
+    the hub never waits on the directories' locks, which a pool thread
+    creating a file in ``tmp/`` may hold for a long time (bench/README.md).
+
     Only greenlets of one hub use an instance, so no lock is needed.
     """
 
     def __init__(self, path: str):
         self.path = path
-        self._running: AsyncResult | None = None
-        self._next: AsyncResult | None = None
+        self._running: _SyncGroup | None = None
+        self._next: _SyncGroup | None = None
         #: Greenlets waiting on a sync; the owner may drop an idle instance.
         self.waiters = 0
 
-    def sync(self) -> None:
-        """Return once a sync that started after this call has completed."""
+    def sync(self, renames=()) -> None:
+        """Rename each (source, destination) of *renames* into the directory, in
+        order, and return once a sync that started after them has completed.
+
+        Raises the first failed rename's error (the later ones were not made)
+        or the fsync's error (the renames were made but may not be durable).
+        """
         self.waiters += 1
         try:
             if self._running is None:
-                return self._run(AsyncResult())
-            if self._next is not None:
+                group = _SyncGroup()
+                index = group.join(renames)
+                self._run(group)
+            elif self._next is not None:
                 # Someone already leads the next sync; it starts after now.
-                return self._next.get()
-            mine = self._next = AsyncResult()
-            self._running.wait()
-            self._next = None
-            return self._run(mine)
+                group = self._next
+                index = group.join(renames)
+            else:
+                group = self._next = _SyncGroup()
+                index = group.join(renames)
+                try:
+                    self._running.done.wait()
+                except BaseException:
+                    # Killed while leading: the others who joined still get their sync.
+                    if self._next is group:
+                        self._next = None
+                    gevent.spawn(self._run, group)
+                    raise
+                if self._next is group:
+                    self._next = None
+                self._run(group)
+            errors, sync_error = group.done.get()
         finally:
             self.waiters -= 1
+        if errors[index] is not None:
+            raise errors[index]
+        if sync_error is not None:
+            raise sync_error
 
-    def _run(self, result: AsyncResult) -> None:
-        self._running = result
+    def _run(self, group: _SyncGroup) -> None:
+        self._running = group
         try:
-            in_threadpool(fsync_dir, self.path)
-        except OSError as e:
-            result.set_exception(e)
-        else:
-            result.set(None)
+            group.done.set(in_threadpool(_rename_and_sync, self.path, group.renames))
+        except BaseException as e:
+            group.done.set_exception(e)
+            raise
         finally:
-            if self._running is result:
+            if self._running is group:
                 self._running = None
-        return result.get()
 
 
 class DirectorySyncs:
@@ -101,12 +165,13 @@ class DirectorySyncs:
     def __init__(self) -> None:
         self._syncs: dict[str, DirectorySync] = {}
 
-    def sync(self, path: str) -> None:
+    def sync(self, path: str, renames=()) -> None:
+        """:meth:`DirectorySync.sync` of *path*."""
         syncer = self._syncs.get(path)
         if syncer is None:
             syncer = self._syncs[path] = DirectorySync(path)
         try:
-            syncer.sync()
+            syncer.sync(renames)
         finally:
             if syncer.waiters == 0 and self._syncs.get(path) is syncer:
                 del self._syncs[path]

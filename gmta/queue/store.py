@@ -171,13 +171,8 @@ class Spool:
         lock = EntryLock(record.id, fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            with os.fdopen(os.dup(fd), "wb", buffering=COPY_CHUNK) as out:
-                out.write(header)
-                with body.open() as src:
-                    while chunk := src.read(COPY_CHUNK):
-                        out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            body.write_to(fd, header)
+            os.fsync(fd)
             # Step 2: tmp/ID.meta, fsynced. Crash here: both files in tmp/, both
             # deleted by recovery; still no 250.
             _write_durably(tmp_meta, _encode(record), None)
@@ -188,40 +183,50 @@ class Spool:
             raise
         return Staged(record.id, lock)
 
+    def publish_renames(self, staged: Staged) -> list[tuple[str, str]]:
+        """Steps 3–4 of :meth:`publish`, as (source, destination) in their order, for a
+        caller that makes them durable itself (``DirectorySync`` over ``msg/``)."""
+        entry_id = staged.id
+        # Step 3: the message file first. Crash after it: msg/ID.msg without
+        # ID.meta, an orphan; recovery (which needs the lock, released by the
+        # crash) deletes it. No 250 was given.
+        # Step 4: the record; from now on the entry exists. Crash after it but
+        # before step 5: the entry may or may not survive (the directory was
+        # not fsynced); either way no 250 was given, and if it survives it is
+        # delivered like any other entry.
+        return [(os.path.join(self.tmp_dir, entry_id + ".msg"), self.msg_path(entry_id)),
+                (os.path.join(self.tmp_dir, entry_id + ".meta"), self.meta_path(entry_id))]
+
     def publish(self, staged: Staged) -> None:
         """Steps 3–5: rename both files into ``msg/`` and fsync it; then a 250 may go out."""
-        entry_id = staged.id
         try:
-            # Step 3: the message file first. Crash after it: msg/ID.msg without
-            # ID.meta, an orphan; recovery (which needs the lock, released by
-            # the crash) deletes it. No 250 was given.
-            os.rename(os.path.join(self.tmp_dir, entry_id + ".msg"), self.msg_path(entry_id))
-        except BaseException:
-            self.discard(staged)
-            raise
-        try:
-            # Step 4: the record; from now on the entry exists. Crash after it
-            # but before step 5: the entry may or may not survive (the directory
-            # was not fsynced); either way no 250 was given, and if it survives
-            # it is delivered like any other entry.
-            os.rename(os.path.join(self.tmp_dir, entry_id + ".meta"), self.meta_path(entry_id))
+            for source, destination in self.publish_renames(staged):
+                os.rename(source, destination)
             # Step 5: make both renames durable. Only after this returns may the
             # client hear 250 (DESIGN §4.1).
             fsync_dir(self.msg_dir)
         except BaseException:
-            # Undo: the client will hear 4xx, so the entry must not be delivered.
+            self.unpublish(staged)
+            raise
+
+    def unpublish(self, staged: Staged) -> None:
+        """Undo a failed :meth:`publish` (or its renames): the client will hear 4xx, so
+        the entry must not be delivered. Releases the lock."""
+        entry_id = staged.id
+        try:
             _unlink_quietly(self.meta_path(entry_id))
             _unlink_quietly(self.msg_path(entry_id))
-            _unlink_quietly(os.path.join(self.tmp_dir, entry_id + ".meta"))
-            staged.lock.release()
-            raise
+        finally:
+            self.discard(staged)
 
     def discard(self, staged: Staged) -> None:
         """Forget a staged message (the transaction was aborted or failed)."""
-        for path in (os.path.join(self.tmp_dir, staged.id + ".msg"),
-                     os.path.join(self.tmp_dir, staged.id + ".meta")):
-            _unlink_quietly(path)
-        staged.lock.release()
+        try:
+            for path in (os.path.join(self.tmp_dir, staged.id + ".msg"),
+                         os.path.join(self.tmp_dir, staged.id + ".meta")):
+                _unlink_quietly(path)
+        finally:
+            staged.lock.release()
 
     # -- locks -------------------------------------------------------------------------
 

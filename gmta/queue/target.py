@@ -21,7 +21,7 @@ from gmta.config.parser import Node
 from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Float, Int, ModuleRef,
                                 Path, read_block)
 from gmta.delivery import MessageMeta
-from gmta.durable import in_threadpool
+from gmta.durable import DirectorySync, in_threadpool
 from gmta.errors import SMTPError
 from gmta.pipeline.pipeline import HANDLING_DIRECTIVES, Pipeline
 from gmta.queue.census import QueueGauges
@@ -96,9 +96,15 @@ class QueueDelivery:
         queue = self.queue
         staged = self.staged
         try:
-            in_threadpool(queue.spool.publish, staged)
+            # Steps 3–5 of the commit order (gmta.queue.store): both renames, then
+            # one fsync of msg/ shared with the commits that finish together.
+            queue.msg_dir_sync.sync(queue.spool.publish_renames(staged))
         except OSError as e:
-            self.staged = None  # publish undid what it could and released the lock
+            self.staged = None
+            try:
+                in_threadpool(queue.spool.unpublish, staged)  # and releases the lock
+            except OSError:
+                pass  # recovery removes what is left: the lock is gone with the descriptor
             queue.log.error("store_failed", msg_id=self.meta.id, step="publish",
                             error=e.strerror or str(e))
             raise STORE_FAILED from None
@@ -183,6 +189,8 @@ class QueueTarget(Module):
         self.delay_warning = cfg.delay_warning
         self.log = gmta.log.get("queue", debug=cfg.debug)
         self.spool = Spool(location)
+        #: Commits that finish together share one fsync of msg/ (group commit).
+        self.msg_dir_sync = DirectorySync(self.spool.msg_dir)
         self.notifier = Notifier(self)
         self.scheduler = Scheduler(self)
         self.gauges = QueueGauges(self.instance_name, self.spool)

@@ -158,11 +158,7 @@ class MaildirTarget(Module):
                 os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
             fd = os.open(path, flags, 0o600)
         try:
-            with os.fdopen(fd, "wb", buffering=1 << 16, closefd=False) as out:
-                out.write(header)
-                with body.open() as src:
-                    while chunk := src.read(1 << 16):
-                        out.write(chunk)
+            body.write_to(fd, header)
             # The data must be on disk before the name moves into new/.
             os.fsync(fd)
         except BaseException:
@@ -175,15 +171,15 @@ class MaildirTarget(Module):
     def move_to_new(self, pending: list[tuple[str, str]]) -> None:
         """Publish written messages: rename tmp/ → new/, then make the renames durable.
 
-        The renames run in the hub: a rename is a metadata change in a
-        directory whose blocks were just used by the write to tmp/, so it
-        does not wait for the disk, and a trip to the threadpool per message
-        cost more CPU than the rename (bench/README.md). The flush that does
-        wait is the fsync of new/, shared by every commit that finishes
-        while one is running. A crash before it leaves the message in tmp/
-        or new/ without a durable entry; the client got no 250 and retries.
+        The renames travel with the fsync of new/ (``DirectorySync``): one pool
+        thread renames every message of the commits that finish together and
+        then syncs new/ once for all of them. A crash before the fsync leaves
+        the message in tmp/ or new/ without a durable entry; the client got no
+        250 and retries.
         """
+        by_maildir: dict[str, list[tuple[str, str]]] = {}
         for maildir, name in pending:
-            os.rename(os.path.join(maildir, "tmp", name), os.path.join(maildir, "new", name))
-        for maildir in dict.fromkeys(m for m, _ in pending):
-            self.new_dir_syncs.sync(os.path.join(maildir, "new"))
+            by_maildir.setdefault(maildir, []).append(
+                (os.path.join(maildir, "tmp", name), os.path.join(maildir, "new", name)))
+        for maildir, renames in by_maildir.items():
+            self.new_dir_syncs.sync(os.path.join(maildir, "new"), renames)

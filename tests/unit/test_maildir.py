@@ -10,7 +10,7 @@ import re
 import pytest
 
 import gmta.modules  # noqa: F401  (registers smtp and target.maildir)
-from gmta.buffer import BufferWriter, MemoryBuffer
+from gmta.buffer import Buffer, BufferWriter, MemoryBuffer
 from gmta.config.loader import load_text
 from gmta.delivery import MessageMeta
 from gmta.errors import ConfigErrors, SMTPError
@@ -260,7 +260,7 @@ def test_abort_before_body_and_after_commit_do_nothing(target, root):
     assert len(stored(root / "example.test" / "a")) == 1
 
 
-class FailingBody:
+class FailingBody(Buffer):
     """A buffer whose reader fails half-way, as a full disk or an I/O error would."""
 
     size = 10

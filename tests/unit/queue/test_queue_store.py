@@ -10,6 +10,7 @@ import pytest
 
 from gmta.buffer import MemoryBuffer
 from gmta.delivery import MessageMeta
+from gmta import durable as durable_mod
 from gmta.errors import SMTPError
 from gmta.queue import store as store_mod
 from gmta.queue.record import QueuedMessage, Recipient
@@ -34,7 +35,9 @@ class Fault:
             return real(*args)
 
         if name == "fsync_dir":
+            # The spool's own syncs, and the group commit of msg/ (gmta.durable).
             monkeypatch.setattr(store_mod, "fsync_dir", failing)
+            monkeypatch.setattr(durable_mod, "fsync_dir", failing)
         else:
             monkeypatch.setattr(os, name, failing)
 
