@@ -183,3 +183,76 @@ def test_directory_syncs_keep_only_directories_being_synced(tmp_path, monkeypatc
                    raise_error=True)
     assert syncs._syncs == {}
     assert 3 <= len(slow.started) <= 6
+
+
+def test_renames_run_in_the_pool_before_the_one_shared_fsync(tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "new").mkdir()
+    slow = SlowFsync(monkeypatch, delay=0.02)
+    renamed_in = []
+    real_rename = os.rename
+
+    def rename(source, destination):
+        renamed_in.append(threading.get_ident())
+        slow.events.append(("rename", os.path.basename(source)))
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename)
+    syncer = DirectorySync(str(tmp_path / "new"))
+
+    def commit(n):
+        (tmp_path / "tmp" / str(n)).write_text("x")
+        syncer.sync([(str(tmp_path / "tmp" / str(n)), str(tmp_path / "new" / str(n)))])
+
+    gevent.joinall([gevent.spawn(commit, n) for n in range(10)], timeout=10, raise_error=True)
+    assert sorted(os.listdir(tmp_path / "new")) == sorted(str(n) for n in range(10))
+    assert threading.get_ident() not in renamed_in   # never in the hub's thread
+    # Each fsync follows the renames it covers: the first commit alone, then the rest.
+    assert len(slow.started) == 2
+    assert slow.events[slow.started[1] - 1] == ("rename", "9")
+
+
+def test_a_failed_rename_fails_only_its_waiter_and_skips_its_later_renames(tmp_path):
+    directory = tmp_path / "msg"
+    directory.mkdir()
+    for name in ("a.msg", "a.meta", "c.msg"):
+        (tmp_path / name).write_text("x")
+    syncer = DirectorySync(str(directory))
+    results = {}
+
+    def commit(name, renames):
+        try:
+            syncer.sync(renames)
+            results[name] = "ok"
+        except OSError as e:
+            results[name] = e.errno
+
+    def pair(entry):
+        return [(str(tmp_path / f"{entry}.{ext}"), str(directory / f"{entry}.{ext}"))
+                for ext in ("msg", "meta")]
+
+    gevent.joinall([gevent.spawn(commit, "a", pair("a")),
+                    gevent.spawn(commit, "b", [(str(tmp_path / "missing"), str(directory / "b")),
+                                               (str(tmp_path / "c.msg"), str(directory / "c"))])],
+                   timeout=10, raise_error=True)
+    assert results == {"a": "ok", "b": errno.ENOENT}
+    assert sorted(os.listdir(directory)) == ["a.meta", "a.msg"]
+    assert (tmp_path / "c.msg").exists()     # b's second rename was never made
+
+
+def test_a_failed_fsync_fails_every_waiter_whose_renames_it_covered(tmp_path, monkeypatch):
+    (tmp_path / "new").mkdir()
+    SlowFsync(monkeypatch, delay=0.01, fail=OSError(errno.EIO, "I/O error"))
+    syncer = DirectorySync(str(tmp_path / "new"))
+    results = []
+
+    def commit(n):
+        (tmp_path / str(n)).write_text("x")
+        try:
+            syncer.sync([(str(tmp_path / str(n)), str(tmp_path / "new" / str(n)))])
+            results.append("ok")
+        except OSError as e:
+            results.append(e.errno)
+
+    gevent.joinall([gevent.spawn(commit, n) for n in range(4)], timeout=10)
+    assert results == [errno.EIO] * 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 
 import pytest
 
@@ -69,6 +70,32 @@ def test_a_failure_at_any_commit_step_gives_4xx_and_nothing_is_delivered(tmp_pat
         queue2.stop()
     assert target.attempts == []
     assert os.listdir(queue2.spool.tmp_dir) == [] and entries(queue2) == []
+
+
+def test_commits_that_finish_together_share_one_fsync_of_msg(tmp_path, monkeypatch):
+    import gevent
+    queue = make_queue(tmp_path / "state", ScriptedTarget(), start=False)
+    queue.spool.prepare()
+    synced = []
+    real_fsync_dir = durable_mod.fsync_dir
+
+    def slow_fsync_dir(path):
+        synced.append(path)
+        threading.Event().wait(0.02)   # a pool thread: a real sleep, as a slow disk
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(durable_mod, "fsync_dir", slow_fsync_dir)
+
+    def receive(n):
+        delivery = queue.start_delivery(MessageMeta(id=f"m{n}"), "s@src.test")
+        delivery.add_rcpt("a@d.test")
+        delivery.body(b"Subject: x\r\n\r\n", MemoryBuffer(b"body\r\n"))
+        delivery.commit()
+
+    gevent.joinall([gevent.spawn(receive, n) for n in range(10)], timeout=10, raise_error=True)
+    assert len(entries(queue)) == 20   # ID.msg and ID.meta each
+    # The first commit syncs alone, the nine that arrive meanwhile share the next.
+    assert 1 <= len(synced) <= 3 and set(synced) == {queue.spool.msg_dir}
 
 
 @pytest.mark.parametrize("step", [("fsync", 1), ("rename", 1), ("fsync_dir", 1)],
