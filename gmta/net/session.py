@@ -18,6 +18,7 @@ import sys
 from typing import Protocol
 
 import gevent
+import gevent.socket
 
 import gmta.log
 from gmta import metrics
@@ -31,6 +32,9 @@ from gmta.proto.server import ServerConnection
 log = gmta.log.get("session")
 
 RECV_SIZE = 64 * 1024
+#: gevent's cooperative socket without TLS (TLS sockets and test doubles take
+#: the general path in SessionDriver._write).
+_PlainSocket = gevent.socket.socket
 # Replies the driver sends itself when the session ends for a reason the
 # machine does not know about (RFC 5321 §4.2.2: 421 closes the channel).
 IDLE_TIMEOUT = SMTPError(421, (4, 4, 2), "Idle timeout, bye bye")
@@ -106,6 +110,17 @@ class SessionDriver:
             self.log.info("io", session=self.session_id, direction="out",
                           data=data.decode("utf-8", "replace"))
         try:
+            if type(self.sock) is _PlainSocket:
+                # A reply almost always fits in the socket's buffer: one send
+                # that cannot wait, and no timer. A gevent.Timeout per reply,
+                # and sendall's own getsockopt, cost more than the send.
+                try:
+                    sent = self.sock.send(data, 0, 0.0)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
             with gevent.Timeout(self.write_timeout, ClientGone("write timeout")):
                 self.sock.sendall(data)
         except OSError as e:

@@ -14,6 +14,7 @@ Added header fields (as a mailbox's delivery agent adds them, RFC 5321 §4.4):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -35,12 +36,18 @@ _PLACEHOLDER = re.compile(r"\{(local|domain|address)\}")
 _counter = itertools.count(1)
 
 
+@functools.cache
+def _host_part() -> str:
+    """The host name as a Maildir name carries it (read once: a system call per message)."""
+    return os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
+
+
 def unique_name() -> str:
     """A Maildir file name unique across processes and hosts (Dovecot's shape)."""
     now = time.time()
     seconds = int(now)
     micros = int((now - seconds) * 1_000_000)
-    host = os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
+    host = _host_part()
     return (f"{seconds}.M{micros}P{os.getpid()}Q{next(_counter)}"
             f"R{secrets.token_hex(8)}.{host}")
 
