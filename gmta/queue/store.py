@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from gmta.buffer import Buffer
-from gmta.durable import fsync_dir
+from gmta.durable import create_file, fsync_dir
 from gmta.queue.record import CorruptRecord, QueuedMessage
 
 LAYOUT = "gmta-queue 1"
@@ -167,7 +167,7 @@ class Spool:
         # that recovery in another process never takes it for a leftover.
         # Crash here: tmp/ID.msg is left, unlocked; recovery deletes it. The
         # client got no 250, so it still owns the message.
-        fd = os.open(tmp_msg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = create_file(tmp_msg, os.O_WRONLY | os.O_EXCL, 0o640)
         lock = EntryLock(record.id, fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -500,7 +500,7 @@ def _write_durably(path: str, data: bytes, tmp_dir: str | None) -> None:
     target = path
     if tmp_dir is not None:
         path = os.path.join(tmp_dir, f"{os.path.basename(path)}.{secrets.token_hex(4)}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    fd = create_file(path, os.O_WRONLY | os.O_TRUNC, 0o640)
     try:
         view = memoryview(data)
         while view:

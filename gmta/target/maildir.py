@@ -25,7 +25,7 @@ import gmta.log
 from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Directive, Path
 from gmta.delivery import MessageMeta
-from gmta.durable import DirectorySyncs, in_threadpool
+from gmta.durable import DirectorySyncs, create_file, in_threadpool
 from gmta.errors import SMTPError
 from gmta.proto.grammar import split_address
 
@@ -155,7 +155,7 @@ class MaildirTarget(Module):
         path = os.path.join(maildir, "tmp", name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
-            fd = os.open(path, flags, 0o600)
+            fd = create_file(path, flags, 0o600)
         except FileNotFoundError:
             # A new Maildir: create it on the first message only, so the
             # common case costs no directory checks (they showed in bench/).
@@ -163,7 +163,7 @@ class MaildirTarget(Module):
                 raise
             for sub in ("cur", "new", "tmp"):
                 os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
-            fd = os.open(path, flags, 0o600)
+            fd = create_file(path, flags, 0o600)
         try:
             body.write_to(fd, header)
             # The data must be on disk before the name moves into new/.
