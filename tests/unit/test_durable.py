@@ -9,7 +9,7 @@ import threading
 import gevent
 import pytest
 
-from gmta.durable import DirectorySync, DirectorySyncs, fsync_dir, in_threadpool
+from gmta.durable import DirectorySync, DirectorySyncs, create_file, fsync_dir, in_threadpool
 
 
 def test_returns_the_value_computed_in_another_thread():
@@ -256,3 +256,26 @@ def test_a_failed_fsync_fails_every_waiter_whose_renames_it_covered(tmp_path, mo
 
     gevent.joinall([gevent.spawn(commit, n) for n in range(4)], timeout=10)
     assert results == [errno.EIO] * 4
+
+
+def test_create_file_creates_one_file_at_a_time_per_directory(tmp_path, monkeypatch):
+    creating = []
+    most = []
+    real_open = os.open
+
+    def slow_open(path, flags, mode=0o777):
+        creating.append(path)
+        most.append(len(creating))
+        threading.Event().wait(0.01)
+        creating.remove(path)
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", slow_open)
+    greenlets = [gevent.spawn(in_threadpool, create_file, str(tmp_path / str(n)),
+                              os.O_WRONLY | os.O_EXCL, 0o600) for n in range(6)]
+    gevent.joinall(greenlets, timeout=10, raise_error=True)
+    for greenlet in greenlets:
+        os.close(greenlet.value)
+    assert sorted(os.listdir(tmp_path)) == [str(n) for n in range(6)]
+    assert max(most) == 1
+    assert oct(os.stat(tmp_path / "0").st_mode & 0o777) == "0o600"
