@@ -56,6 +56,14 @@ def create_file(path: str, flags: int, mode: int) -> int:
         return os.open(path, flags | os.O_CREAT, mode)
 
 
+def rename_out_of(source: str, destination: str) -> None:
+    """``os.rename`` under the lock of *source*'s directory (see :func:`create_file`):
+    a rename locks both directories, so it too would spin on the source
+    directory's lock while another thread creates a file there."""
+    with _directory_lock(source):
+        os.rename(source, destination)
+
+
 def _directory_lock(path: str):
     """The native lock for changes to the directory that holds *path*."""
     return _DIRECTORY_LOCKS[hash(os.path.dirname(path)) % len(_DIRECTORY_LOCKS)]
@@ -82,10 +90,7 @@ def _rename_and_sync(path: str, renames_per_waiter: list[list[tuple[str, str]]])
         error = None
         for source, destination in renames:
             try:
-                # Out of tmp/: a rename locks both directories, so it too would
-                # spin on tmp/'s lock while another thread creates a file there.
-                with _directory_lock(source):
-                    os.rename(source, destination)
+                rename_out_of(source, destination)
             except OSError as e:
                 error = e
                 break

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from gmta.buffer import Buffer
-from gmta.durable import create_file, fsync_dir
+from gmta.durable import create_file, fsync_dir, rename_out_of
 from gmta.queue.record import CorruptRecord, QueuedMessage
 
 LAYOUT = "gmta-queue 1"
@@ -512,7 +512,7 @@ def _write_durably(path: str, data: bytes, tmp_dir: str | None) -> None:
         raise
     os.close(fd)
     if tmp_dir is not None:
-        os.rename(path, target)
+        rename_out_of(path, target)
 
 
 def _unlink_quietly(path: str) -> None:
