@@ -41,8 +41,8 @@ setgid_group = postdrop
 maillog_file = {dir}/maillog
 maillog_file_prefixes = {dir}
 myhostname = {hostname}
-# 127.0.0.17 and such are not interface addresses Postfix accepts here; master.cf
-# binds the smtpd service to ADDRESS:PORT itself.
+# Postfix refuses an inet_interfaces address that no interface has (only 127.0.0.1
+# is on lo); master.cf binds the smtpd service to ADDRESS:PORT itself.
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8

@@ -20,7 +20,7 @@ tls13   127.0.0.16                                  the CA certificate, TLS 1.3 
 ======  ==========================================  =====================================
 
 and, started by the first test that needs it, a private Postfix (postfixmx.py)
-on 127.0.0.17 with the same port and the CA certificate: a TLS MX that never
+on 127.0.0.19 with the same port and the CA certificate: a TLS MX that never
 offers REQUIRETLS (Debian's Postfix 3.7 has none), for R15's strict case.
 
 Senders are ``gmta run`` processes with an smtp endpoint in front of a queue
@@ -62,7 +62,7 @@ POLICY_SERVER = "127.0.0.80"
 FARM = {"mx1": "127.0.0.11", "mx2": "127.0.0.12", "ee": "127.0.0.13", "ta": "127.0.0.14",
         "plain": "127.0.0.15", "tls13": "127.0.0.16"}
 #: The private Postfix MX (module docstring): TLS, no REQUIRETLS.
-POSTFIX_MX = "127.0.0.17"
+POSTFIX_MX = "127.0.0.19"
 #: Seconds a test waits for one message's outcome in a sender's log.
 OUTCOME_TIMEOUT = 30.0
 
