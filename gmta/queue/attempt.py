@@ -221,7 +221,11 @@ class Attempt:
             if not record.finished:
                 in_threadpool(self.spool.write, lock, record)
         if record.finished:
-            in_threadpool(self.spool.remove, lock)
+            # The unlinks in the threadpool, then one fsync of msg/ shared with the
+            # other removals and publications meanwhile (group commit); the lock
+            # is held until it is durable.
+            in_threadpool(self.spool.remove, lock, False)
+            queue.msg_dir_sync.sync()
             self.log.info("done", queue_id=record.id, msg_id=record.msg_id,
                           delivered=sum(r.state == DELIVERED for r in record.recipients),
                           failed=sum(r.state == FAILED for r in record.recipients))
