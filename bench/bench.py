@@ -1317,7 +1317,7 @@ def main() -> int:
     parser.add_argument("--deferred", type=int, default=100000,
                         help="deferred messages in the queue of the start-up scenario")
     parser.add_argument("--postfix-port", type=int, default=10025)
-    parser.add_argument("--budget", type=float, default=540, help="seconds for the whole run")
+    parser.add_argument("--budget", type=float, default=840, help="seconds for the whole run")
     parser.add_argument("--json", default="", help="write the figures here as JSON")
     args = parser.parse_args()
 
