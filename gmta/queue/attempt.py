@@ -8,7 +8,8 @@ between processes (DESIGN §4.4–§4.5):
 2. deliver the pending recipients whose attempt is due, one attempt;
 3. write the per-recipient results durably — *before* any DSN, so a crash
    after a DSN never repeats the delivery nor, except for that DSN, the
-   notification (maddy issue #328);
+   notification (maddy issue #328). A pass that leaves nothing to deliver and
+   nothing to report skips this write: the removal (5) records it;
 4. send the DSNs the results call for (:mod:`gmta.queue.notify`), record that;
 5. remove the entry when nothing is left to deliver or report.
 
@@ -209,15 +210,24 @@ class Attempt:
                 record.next_attempt = next_attempt_time(
                     record.last_attempt, [r.tries for r in pending],
                     queue.initial_retry_time, queue.retry_time_scale)
-        if changed:
+        if changed and (record.pending() or queue.notifier.would_send(record)):
             # Step 3 of the module docstring: results durable before any DSN.
             in_threadpool(self.spool.write, lock, record)
+        # Otherwise this pass finishes the entry and nobody is to be told: step 5's
+        # removal is the record of the results, and writing them first would cost
+        # two more flushes per message for nothing. A crash before the removal is
+        # durable leaves the old record, which redelivers: the one window DESIGN §4.4
+        # allows, no wider than with the write (a crash before its fsync does the same).
         if queue.notifier.notify(record):
             changed = True
             if not record.finished:
                 in_threadpool(self.spool.write, lock, record)
         if record.finished:
-            in_threadpool(self.spool.remove, lock)
+            # The unlinks in the threadpool, then one fsync of msg/ shared with the
+            # other removals and publications meanwhile (group commit); the lock
+            # is held until it is durable.
+            in_threadpool(self.spool.remove, lock, False)
+            queue.msg_dir_sync.sync()
             self.log.info("done", queue_id=record.id, msg_id=record.msg_id,
                           delivered=sum(r.state == DELIVERED for r in record.recipients),
                           failed=sum(r.state == FAILED for r in record.recipients))

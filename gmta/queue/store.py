@@ -188,8 +188,13 @@ class Spool:
             raise
         return Staged(record.id, lock)
 
-    def publish(self, staged: Staged) -> None:
-        """Steps 3–5: rename both files into ``msg/`` and fsync it; then a 250 may go out."""
+    def publish(self, staged: Staged, sync_dir: bool = True) -> None:
+        """Steps 3–5: rename both files into ``msg/`` and fsync it; then a 250 may go out.
+
+        With ``sync_dir=False`` the caller does step 5 itself, as the daemon does
+        with one group commit (``gmta.durable.DirectorySync``) for every message
+        published meanwhile, and calls :meth:`unpublish` if that sync fails.
+        """
         entry_id = staged.id
         try:
             # Step 3: the message file first. Crash after it: msg/ID.msg without
@@ -207,14 +212,22 @@ class Spool:
             os.rename(os.path.join(self.tmp_dir, entry_id + ".meta"), self.meta_path(entry_id))
             # Step 5: make both renames durable. Only after this returns may the
             # client hear 250 (DESIGN §4.1).
-            fsync_dir(self.msg_dir)
+            if sync_dir:
+                fsync_dir(self.msg_dir)
         except BaseException:
-            # Undo: the client will hear 4xx, so the entry must not be delivered.
+            self.unpublish(staged)
+            raise
+
+    def unpublish(self, staged: Staged) -> None:
+        """Undo a publish whose step 4 or 5 failed: the client will hear 4xx, so
+        the entry must not be delivered. Releases the lock."""
+        entry_id = staged.id
+        try:
             _unlink_quietly(self.meta_path(entry_id))
             _unlink_quietly(self.msg_path(entry_id))
             _unlink_quietly(os.path.join(self.tmp_dir, entry_id + ".meta"))
+        finally:
             staged.lock.release()
-            raise
 
     def discard(self, staged: Staged) -> None:
         """Forget a staged message (the transaction was aborted or failed)."""
@@ -302,15 +315,18 @@ class Spool:
             raise
         fsync_dir(self.msg_dir)
 
-    def remove(self, lock: EntryLock) -> None:
+    def remove(self, lock: EntryLock, sync_dir: bool = True) -> None:
         """Delete the entry (the caller holds *lock*): record first, then the message.
 
         Crash between the two unlinks: an orphan ``ID.msg``, which recovery
         deletes. The reverse order could leave a record without its message.
+        With ``sync_dir=False`` the caller makes the removal durable (the
+        daemon's group commit); until then a crash may bring the entry back.
         """
         _unlink_quietly(self.meta_path(lock.id))
         _unlink_quietly(self.msg_path(lock.id))
-        fsync_dir(self.msg_dir)
+        if sync_dir:
+            fsync_dir(self.msg_dir)
 
     def move_to_corrupt(self, entry_id: str, reason: str) -> None:
         """Move what exists of an entry to ``corrupt/`` with a ``.reason`` file."""

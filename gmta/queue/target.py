@@ -21,7 +21,7 @@ from gmta.config.parser import Node
 from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Float, Int, ModuleRef,
                                 Path, read_block)
 from gmta.delivery import MessageMeta
-from gmta.durable import in_threadpool
+from gmta.durable import DirectorySync, in_threadpool
 from gmta.errors import SMTPError
 from gmta.pipeline.pipeline import HANDLING_DIRECTIVES, Pipeline
 from gmta.queue.census import QueueGauges
@@ -96,10 +96,24 @@ class QueueDelivery:
         queue = self.queue
         staged = self.staged
         try:
-            in_threadpool(queue.spool.publish, staged)
+            in_threadpool(queue.spool.publish, staged, False)
         except OSError as e:
             self.staged = None  # publish undid what it could and released the lock
             queue.log.error("store_failed", msg_id=self.meta.id, step="publish",
+                            error=e.strerror or str(e))
+            raise STORE_FAILED from None
+        try:
+            # Step 5 of the commit order (gmta.queue.store): one fsync of msg/ for
+            # every message published meanwhile (group commit), before the 250.
+            queue.msg_dir_sync.sync()
+        except OSError as e:
+            self.staged = None
+            try:
+                in_threadpool(queue.spool.unpublish, staged)
+            except OSError as undo_error:
+                queue.log.error("store_failed", msg_id=self.meta.id, step="unpublish",
+                                error=undo_error.strerror or str(undo_error))
+            queue.log.error("store_failed", msg_id=self.meta.id, step="sync",
                             error=e.strerror or str(e))
             raise STORE_FAILED from None
         self.committed = True
@@ -183,6 +197,8 @@ class QueueTarget(Module):
         self.delay_warning = cfg.delay_warning
         self.log = gmta.log.get("queue", debug=cfg.debug)
         self.spool = Spool(location)
+        #: Group commit of msg/ for publishing and removing entries (DESIGN §4.1).
+        self.msg_dir_sync = DirectorySync(self.spool.msg_dir)
         self.notifier = Notifier(self)
         self.scheduler = Scheduler(self)
         self.gauges = QueueGauges(self.instance_name, self.spool)

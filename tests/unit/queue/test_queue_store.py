@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from gmta import durable
 from gmta.buffer import MemoryBuffer
 from gmta.delivery import MessageMeta
 from gmta.errors import SMTPError
@@ -34,7 +35,9 @@ class Fault:
             return real(*args)
 
         if name == "fsync_dir":
+            # The store's own, and the daemon's group commit of msg/ (gmta.durable).
             monkeypatch.setattr(store_mod, "fsync_dir", failing)
+            monkeypatch.setattr(durable, "fsync_dir", failing)
         else:
             monkeypatch.setattr(os, name, failing)
 
