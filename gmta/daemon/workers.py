@@ -112,8 +112,8 @@ class WorkerRole:
         if FDS_ENVIRONMENT not in os.environ:
             raise LookupError("--worker-index is set by the supervisor of 'workers N' only")
         spec = json.loads(os.environ.pop(FDS_ENVIRONMENT))
-        for address, fd in spec["listen"].items():
-            listen.adopt(address, fd)
+        for key, fd in spec["listen"].items():
+            listen.adopt(key, fd)
         control = socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM,
                                 fileno=spec["control"])
         # Before any module runs, so that nothing is counted outside the file.
@@ -131,7 +131,7 @@ class WorkerRole:
         gmta.log.set_process_fields(worker=self.index)
         for endpoint in config.endpoints:
             for address in getattr(endpoint, "addresses", ()):
-                if not listen.is_adopted(address):
+                if not listen.is_adopted(address, endpoint.instance_name):
                     # Bound here, a TCP address would get one socket without
                     # SO_REUSEPORT, in whichever worker binds first; the others
                     # would fail. The supervisor binds listeners, at start only.
@@ -241,7 +241,7 @@ def _bind(config: LoadedConfig, count: int) -> list[Worker]:
             for address in getattr(endpoint, "addresses", ()):
                 group = listen.bind_group(address, count)
                 for worker, sock in zip(workers, group, strict=True):
-                    worker.sockets[str(address)] = sock
+                    worker.sockets[listen.adoption_key(address, endpoint.instance_name)] = sock
     except OSError:
         for worker in workers:
             for sock in worker.sockets.values():
@@ -263,7 +263,7 @@ def _drop_privileges(config: LoadedConfig) -> None:
 
 def _spawn(config: LoadedConfig, worker: Worker, count: int, events: Queue) -> None:
     ours, theirs = socket.socketpair(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
-    listen_fds = {address: sock.fileno() for address, sock in worker.sockets.items()}
+    listen_fds = {key: sock.fileno() for key, sock in worker.sockets.items()}
     env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
     # Only the supervisor speaks to systemd (NotifyAccess=main would drop the
     # workers' messages anyway).
