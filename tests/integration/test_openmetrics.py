@@ -185,7 +185,8 @@ def test_with_two_workers_every_scrape_counts_every_worker(tmp_path, state_dir,
     messages = 30
     conf = tmp_path / "gmta.conf"
     conf.write_text(f"dns_servers {quiet_dns_server.directive}\n"
-                    + base_config(state_dir, "tls off\nworkers 2\n")
+                    # debug: each worker logs the scrapes it answers.
+                    + base_config(state_dir, "tls off\nworkers 2\ndebug yes\n")
                     + "smtp tcp://127.0.0.1:0 { deliver_to dummy }\n"
                     + "openmetrics tcp://127.0.0.1:0 { }\n")
     gmta = workers.start(conf)
@@ -231,6 +232,9 @@ def test_with_two_workers_every_scrape_counts_every_worker(tmp_path, state_dir,
             samples = parse(scrape(http_port)[1])
             assert value(samples, "gmta_messages_accepted_total", endpoint=SMTP) == 2 * messages
         assert not any("metrics_file_discarded" in line for line in gmta.lines)
+        for index in (0, 1):
+            assert any(f"worker={index} module=openmetrics event=scraped" in line
+                       for line in gmta.lines), f"worker {index} answered no scrape"
     finally:
         assert gmta.stop() == 0, "\n".join(gmta.lines)
 
