@@ -39,7 +39,9 @@ its successor sets them to zero when it takes the file over.
 An entry is written whole, value zero, before ``used`` grows over it, so a
 reader never sees a half-written entry, and a process killed in between
 leaves only unused bytes. Values are aligned 8-byte stores, which a reader
-sees whole. The file is bounded (``MAX_FILE_SIZE``, ``MAX_KEY_LENGTH``):
+sees whole in practice (as prometheus_client relies on too). A worker that
+finds its predecessor's file malformed replaces it with a new file rather
+than truncating it, so no reader sees it shrink. The file is bounded (``MAX_FILE_SIZE``, ``MAX_KEY_LENGTH``):
 a label set that does not fit is dropped like one over a family's bound.
 """
 
@@ -141,8 +143,13 @@ class WorkerFile:
         elif size:
             self.discarded = "shorter than its header"
         if self.map is None:
-            # Start afresh: no byte of a discarded file may look like an entry.
-            os.ftruncate(self.fd, 0)
+            if self.discarded:
+                # A new file, not the old one truncated: no byte of the discarded
+                # one may look like an entry.
+                os.close(self.fd)
+                os.unlink(path)
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                  0o640)
             os.ftruncate(self.fd, INITIAL_FILE_SIZE)
             self.map = mmap.mmap(self.fd, INITIAL_FILE_SIZE)
             self.slots = {}
@@ -221,20 +228,25 @@ class WorkerFile:
 
 def read(path: str) -> tuple[bool, dict[Key, float]]:
     """Whether the writer of *path* still runs, and its values. FileNotFoundError
-    when the worker has not created it yet; ValueError when it is malformed."""
+    when the worker has not created it yet; ValueError when it is malformed.
+
+    A copy with pread, not a mapping: a mapped file that shrank would kill the
+    reader with SIGBUS. The header is read first; the writer makes the file
+    long enough before ``used`` grows, so the bytes up to ``used`` are there."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
-        if size < HEADER_SIZE:
+        header = os.pread(fd, HEADER_SIZE, 0)
+        if len(header) < HEADER_SIZE:
             raise ValueError("shorter than its header")
-        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as view:
-            magic, used, pid = _HEADER.unpack_from(view, 0)
-            if magic != MAGIC or not HEADER_SIZE <= used <= size:
-                raise ValueError("not a gmta metrics file")
-            values = {key: _VALUE.unpack_from(view, offset)[0]
-                      for key, offset in _entries(view, used)}
+        magic, used, pid = _HEADER.unpack(header)
+        if magic != MAGIC or not HEADER_SIZE <= used <= MAX_FILE_SIZE:
+            raise ValueError("not a gmta metrics file")
+        data = os.pread(fd, used, 0)
     finally:
         os.close(fd)
+    if len(data) < used:
+        raise ValueError("shorter than its length field")
+    values = {key: _VALUE.unpack_from(data, offset)[0] for key, offset in _entries(data, used)}
     return _running(pid), values
 
 
