@@ -68,6 +68,8 @@ from gmta import __version__, metrics
 from gmta.config.loader import LoadedConfig
 from gmta.daemon import privileges
 from gmta.daemon.notify import Notifier
+from gmta.daemon.process import (HANDLED_SIGNALS, REOPEN_LOGS_SIGNAL,
+                                 STOP_SIGNALS, give_log_files, prepare_directories, run_as)
 from gmta.metrics import shared as shared_metrics
 from gmta.net import listen
 
@@ -75,10 +77,6 @@ log = gmta.log.get("daemon")
 
 FDS_ENVIRONMENT = "GMTA_WORKER_FDS"
 READY_LINE = b"ready\n"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-REOPEN_LOGS_SIGNAL = signal.SIGUSR1
-RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR2)
-HANDLED_SIGNALS = (*STOP_SIGNALS, REOPEN_LOGS_SIGNAL, *RELOAD_SIGNALS)
 
 RESTART_DELAY = 0.5
 RESTART_DELAY_MAX = 30.0
@@ -222,7 +220,6 @@ def supervise(config: LoadedConfig) -> int:
 
 
 def _bind(config: LoadedConfig, count: int) -> list[Worker]:
-    from gmta.daemon.process import prepare_directories, run_as
 
     owner = run_as(config)
     drop_to = owner if owner is not None and not owner.is_current else None
@@ -251,7 +248,6 @@ def _bind(config: LoadedConfig, count: int) -> list[Worker]:
 
 
 def _drop_privileges(config: LoadedConfig) -> None:
-    from gmta.daemon.process import give_log_files, run_as
 
     owner = run_as(config)
     if owner is None or owner.is_current:
