@@ -16,7 +16,6 @@ from __future__ import annotations
 import pytest
 
 from gmta.buffer import MemoryBuffer
-from gmta.delivery import MessageMeta
 from gmta.queue.attempt import deliver_once
 from gmta.queue.record import DELIVERED, QueuedMessage, Recipient
 from tests.integration.peers import smtp_sink  # noqa: F401
