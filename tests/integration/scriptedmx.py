@@ -34,6 +34,7 @@ from gmta.proto.server import ServerConnection
 
 SOCKET_TIMEOUT = 30.0
 ACCEPT_POLL = 0.2
+HOLD_POLL = 0.1
 
 
 def _client_gone(sock: socket.socket) -> bool:
@@ -72,6 +73,8 @@ class ScriptedMX:
 
     def __post_init__(self):
         self._stop = threading.Event()
+        #: Set when a session starts holding the reply to the content (``data_delay``).
+        self.holding = threading.Event()
         self._lock = threading.Lock()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._listener = socket.socket(family)
@@ -124,8 +127,8 @@ class ScriptedMX:
                     data += event.data
                 elif isinstance(event, MessageEnd) and event.error is None:
                     if faulty and self.data_delay:
-                        self._sleep(self.data_delay)
-                        if _client_gone(sock):
+                        self.holding.set()
+                        if not self._hold(sock, self.data_delay):
                             return   # nobody to take the 250: the message is not kept
                     machine.accept()
                     sock.sendall(machine.data_to_send())
@@ -141,8 +144,14 @@ class ScriptedMX:
         finally:
             sock.close()
 
-    def _sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)
+    def _hold(self, sock: socket.socket, seconds: float) -> bool:
+        """Wait *seconds* before replying; False as soon as the client hangs up."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if _client_gone(sock):
+                return False
+            self._stop.wait(HOLD_POLL)
+        return not _client_gone(sock)
 
     def messages_for(self, rcpt: str) -> list[Received]:
         with self._lock:
