@@ -12,6 +12,8 @@ Faults:
 
 - ``rcpt_fault``: ``"drop"`` closes the connection without a reply, ``"421"``
   answers ``421 4.3.2`` and closes, at the ``fault_at_rcpt``-th RCPT of a session;
+- ``lmtp_replies``: an LMTP server (``lmtp=True``) that sends only this many of
+  its per-recipient replies to the content (all 250), then closes;
 - ``data_delay``: seconds to wait before the reply to the end of the content; a
   client that hung up meanwhile gets no 250 and the message is not kept (a real
   MTA that had already committed it would deliver it, and the sender's retry
@@ -66,6 +68,8 @@ class ScriptedMX:
     fault_at_rcpt: int = 2
     data_delay: float = 0.0
     faulty_sessions: int = 1
+    lmtp: bool = False
+    lmtp_replies: int | None = None
     received: list[Received] = field(default_factory=list)
     sessions: int = 0
     #: What each session saw of the RCPTs (accepted or not), per session.
@@ -102,7 +106,7 @@ class ScriptedMX:
     def _serve(self, sock: socket.socket, number: int) -> None:
         faulty = number <= self.faulty_sessions
         sock.settimeout(SOCKET_TIMEOUT)
-        machine = ServerConnection("scripted.mx.test")
+        machine = ServerConnection("scripted.mx.test", lmtp=self.lmtp)
         mail_from, rcpts, data = "", [], bytearray()
         try:
             while (event := machine.next_event()) is not CLOSED:
@@ -130,7 +134,20 @@ class ScriptedMX:
                         self.holding.set()
                         if not self._hold(sock, self.data_delay):
                             return   # nobody to take the 250: the message is not kept
-                    machine.accept()
+                    if faulty and self.lmtp_replies is not None:
+                        machine.reply_per_recipient([None] * len(rcpts))
+                        lines = machine.data_to_send().split(b"\r\n")
+                        sock.sendall(b"".join(line + b"\r\n"
+                                              for line in lines[:self.lmtp_replies]))
+                        with self._lock:
+                            self.received.append(Received(mail_from,
+                                                          rcpts[:self.lmtp_replies],
+                                                          bytes(data), number))
+                        return
+                    if self.lmtp:
+                        machine.reply_per_recipient([None] * len(rcpts))
+                    else:
+                        machine.accept()
                     sock.sendall(machine.data_to_send())
                     with self._lock:
                         self.received.append(Received(mail_from, rcpts, bytes(data), number))

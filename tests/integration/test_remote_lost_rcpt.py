@@ -6,7 +6,8 @@ recipients it had already accepted never got the content. They must come back
 from ``body()`` as temporarily failed — never as delivered because another
 domain of the message succeeded, never as permanently failed (DESIGN §4: never
 lose mail). Driven in this process like the queue drives a target, then the
-same fault through the real ``gmta run`` (queue → remote).
+same fault through the real ``gmta run`` (queue → remote). Last, the LMTP
+twin (target.lmtp): replies read before the connection broke stand.
 """
 
 # ruff: noqa: F811  (fixtures imported from peers, then named as parameters)
@@ -132,3 +133,30 @@ smtp tcp://127.0.0.1:0 {{
     delivered = [line for line in gmta.lines if re.search(r"event=delivered .*rcpt=a1@", line)]
     assert len(delivered) == 1 and "attempt=2" in delivered[0], delivered
     assert maildir_messages(state_dir, "s@example.org") == []   # no bounce
+
+
+def test_lmtp_replies_read_before_the_connection_broke_stand(tmp_path, port):
+    """RFC 2033 §4.2: each LMTP reply is final; a break after the first keeps it."""
+    from gmta.config.loader import load_block
+    from gmta.delivery import MessageMeta, PartialDeliveryError
+
+    server = ScriptedMX("127.0.0.5", port, lmtp=True, lmtp_replies=1)
+    try:
+        config = tmp_path / "lmtp.conf"
+        config.write_text(f"hostname mx.gmta.test\nstate_dir {tmp_path}\n"
+                          f"target.lmtp mailboxes {{\n targets tcp://127.0.0.5:{port}\n"
+                          " command_timeout 5s\n}\n")
+        target = load_block(str(config), "mailboxes")
+        delivery = target.start_delivery(MessageMeta("l"), "a@example.org")
+        delivery.add_rcpt("x@example.test")
+        delivery.add_rcpt("y@example.test")
+        with pytest.raises(PartialDeliveryError) as partial:
+            delivery.body(HEADER, MemoryBuffer(BODY))
+        delivery.abort()
+        # x was delivered (its 250 arrived): a retry must not send it again.
+        assert partial.value.results["x@example.test"] is None
+        assert partial.value.results["y@example.test"].temporary
+        [received] = server.received
+        assert received.rcpts == ["x@example.test"]
+    finally:
+        server.stop()
