@@ -82,9 +82,11 @@ class Generation:
 
     def stop(self) -> None:
         """Stop every module, newest first (endpoints drain before their targets stop)."""
+        grace = self.shutdown_timeout
         while self.running:
             instance = self.running.pop()
             try:
+                instance.stop_grace(grace)
                 instance.stop()
             except Exception as e:  # one module failing to stop must not keep others running
                 log.error("stop_failed", instance=instance.instance_name, error=repr(e))

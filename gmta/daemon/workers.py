@@ -448,10 +448,13 @@ def _stop(config: LoadedConfig, workers: list[Worker], events: Queue, notifier: 
 
 
 def _drain_time(config: LoadedConfig) -> float:
-    from gmta.queue.scheduler import STOP_GRACE
+    from gmta.daemon.reload import DEFAULT_SHUTDOWN_TIMEOUT
 
-    # A worker drains its endpoints one after the other, then its queues.
-    return sum(getattr(e, "shutdown_timeout", 0.0) for e in config.endpoints) + STOP_GRACE
+    # A worker drains its endpoints one after the other, then its queues' running
+    # attempts get the longest shutdown_timeout (gmta.daemon.reload.Generation.stop).
+    timeouts = [getattr(e, "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+                for e in config.endpoints]
+    return sum(timeouts) + max(timeouts, default=DEFAULT_SHUTDOWN_TIMEOUT)
 
 
 def _describe(status: int | None) -> str:

@@ -318,7 +318,8 @@ class SMTPClient:
         """Send the message: DATA (dot-stuffed) or BDAT when CHUNKING is offered.
 
         Returns the final replies: one for SMTP, one per accepted recipient for LMTP
-        (each Response names its recipient). Raises the server's error when it
+        (each Response names its recipient; fewer when the connection broke after
+        some, which the caller must treat as not delivered). Raises the server's error when it
         refuses DATA or a non-final BDAT chunk. *chunking* None means "when offered".
         """
         if chunking is None:
@@ -356,7 +357,15 @@ class SMTPClient:
         count = self.machine.awaiting_replies
         responses = []
         for _ in range(count):
-            response = self.read_response(self.submission_timeout)
+            try:
+                response = self.read_response(self.submission_timeout)
+            except ConnectionFailed:
+                # RFC 2033 §4.2: each LMTP reply is one recipient's final answer. Those
+                # read before the connection broke stand (a recipient delivered is not
+                # sent again); the caller fails the ones without a reply.
+                if self.lmtp and responses:
+                    return responses
+                raise
             responses.append(response)
             if not self.usable and response.reply.code == 421:
                 break

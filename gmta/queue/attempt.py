@@ -37,6 +37,12 @@ if TYPE_CHECKING:  # pragma: no cover
 BUSY_RETRY = 5.0
 
 
+#: What a recipient gets when the target gave it no result: deferred, never
+#: "delivered" (it may not have been sent) nor failed (it may be deliverable).
+NO_RESULT = SMTPError(451, (4, 3, 0), "The delivery target gave no result for this "
+                                      "recipient, will retry")
+
+
 def internal_error(error: BaseException) -> SMTPError:
     """A failure that is not an SMTPError is temporary (DESIGN §3)."""
     if isinstance(error, SMTPError):
@@ -69,29 +75,43 @@ def deliver_once(target, record: QueuedMessage, header: bytes, body,
                 results[r.address] = internal_error(e)
         if not accepted:
             delivery.abort()
-            return results
+            return _complete(results, pending)
         body_results = _outcomes(lambda: delivery.body(header, body), accepted, log, record)
         results.update({a: e for a, e in body_results.items() if e is not None})
         ok = [a for a in accepted if body_results[a] is None]
         if not ok:
             delivery.abort()
-            return results
+            return _complete(results, pending)
         results.update(_outcomes(delivery.commit, ok, log, record))
-        return results
+        return _complete(results, pending)
     except BaseException:
         # Killed (shutdown) or a bug in this function: the target must not keep half a message.
         _abort(delivery, log, record)
         raise
 
 
+def _complete(results: dict[str, SMTPError | None], pending) -> dict[str, SMTPError | None]:
+    """Every pending recipient leaves the attempt with a result of its own (DESIGN §4.4)."""
+    for r in pending:
+        results.setdefault(r.address, NO_RESULT)
+    return results
+
+
 def _outcomes(call, rcpts: list[str], log, record) -> dict[str, SMTPError | None]:
     try:
         call()
     except PartialDeliveryError as e:
-        # A recipient the target forgot to report is treated like the summary
-        # (temporary if any was): retrying it is the safe side.
-        return {a: e.results[a] if a in e.results else SMTPError(e.code, e.enhanced, e.text)
-                for a in rcpts}
+        # A recipient the target forgot to report, or reported with something
+        # that is not an answer, is deferred: retrying it is the safe side
+        # (the summary's code could be permanent, and bounce deliverable mail).
+        outcomes = {}
+        for a in rcpts:
+            outcome = e.results.get(a, NO_RESULT)
+            if outcome is not None and not isinstance(outcome, SMTPError):
+                _log_internal(log, record, TypeError(f"result {outcome!r} for {a}"))
+                outcome = NO_RESULT
+            outcomes[a] = outcome
+        return outcomes
     except Exception as e:
         _log_internal(log, record, e)
         return {a: internal_error(e) for a in rcpts}

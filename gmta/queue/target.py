@@ -28,7 +28,7 @@ from gmta.queue.census import QueueGauges
 from gmta.queue.notify import Notifier
 from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.schedule import DEFAULT_INITIAL_RETRY_TIME, DEFAULT_RETRY_TIME_SCALE
-from gmta.queue.scheduler import Scheduler
+from gmta.queue.scheduler import STOP_GRACE, Scheduler
 from gmta.queue.store import Spool, Staged, new_id
 from gmta.queue.wakeup import WakeupSender
 
@@ -215,6 +215,8 @@ class QueueTarget(Module):
         #: scheduler runs until take_over() retires it.
         self.predecessor: QueueTarget | None = None
         self._taking_over: gevent.Greenlet | None = None
+        #: What running attempts get on stop (stop_grace(): the endpoints' shutdown_timeout).
+        self.grace = STOP_GRACE
 
     def start_delivery(self, meta: MessageMeta, mail_from: str) -> QueueDelivery:
         return QueueDelivery(self, meta, mail_from)
@@ -237,6 +239,9 @@ class QueueTarget(Module):
         self.log.info("queue_started", queue=self.instance_name, location=self.location,
                       scheduler="here" if self.schedules else "worker 0")
 
+    def stop_grace(self, timeout: float) -> None:
+        self.grace = timeout
+
     def stop(self) -> None:
         self.stopping = True
         self.gauges.untrack()
@@ -246,12 +251,12 @@ class QueueTarget(Module):
             self._taking_over.kill(block=True, timeout=5)
             if self.predecessor is not None:
                 self.predecessor.stopping = True
-                self.predecessor.scheduler.stop()
+                self.predecessor.scheduler.stop(self.grace)
         if self.wakeup_sender is not None:
             self.wakeup_sender.close()
             self.wakeup_sender = None
         if self.schedules and not self.scheduler.retired:
-            self.scheduler.stop()
+            self.scheduler.stop(self.grace)
         # else: reloaded, the successor runs this directory and waits (up to
         # shutdown_timeout) for the attempts still running here; they are not
         # cut short because the old configuration's sessions have ended.
