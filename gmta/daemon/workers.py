@@ -450,11 +450,11 @@ def _stop(config: LoadedConfig, workers: list[Worker], events: Queue, notifier: 
 def _drain_time(config: LoadedConfig) -> float:
     from gmta.daemon.reload import DEFAULT_SHUTDOWN_TIMEOUT
 
-    # A worker drains its endpoints one after the other, then its queues' running
+    # A worker drains its endpoints at the same time, then its queues' running
     # attempts get the longest shutdown_timeout (gmta.daemon.reload.Generation.stop).
-    timeouts = [getattr(e, "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
-                for e in config.endpoints]
-    return sum(timeouts) + max(timeouts, default=DEFAULT_SHUTDOWN_TIMEOUT)
+    longest = max((getattr(e, "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+                   for e in config.endpoints), default=DEFAULT_SHUTDOWN_TIMEOUT)
+    return 2 * longest
 
 
 def _describe(status: int | None) -> str:
