@@ -309,6 +309,9 @@ def test_systemd_hears_ready_once_both_workers_listen(tmp_path, state_dir, quiet
         try:
             assert notify.recv(4096).decode() == "READY=1\nSTATUS=accepting mail with 2 workers"
             # Only the supervisor speaks to systemd, and only after both workers are ready.
+            # (The datagram can overtake the log lines: wait for the supervisor's
+            # "started", which it logs after both worker_ready lines and before READY.)
+            gmta.wait_for(SUPERVISOR_READY)
             assert sum("event=worker_ready" in line for line in gmta.lines) == 2
         finally:
             assert gmta.stop() == 0
