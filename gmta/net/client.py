@@ -370,6 +370,31 @@ class SMTPClient:
         self._command(self.machine.noop())
         self._expect(self.read_response(), 250)
 
+    def quiet_while_idle(self) -> bool | None:
+        """Whether an idle plaintext session still looks open, without a round trip.
+
+        An idle server says nothing (RFC 5321 §4.1.1: the client speaks first), so
+        any byte waiting — a ``421`` before an idle timeout — or the end of the
+        stream means the session is over. A peek does not consume what it finds.
+        None when it cannot tell (TLS: the waiting bytes are records, and a
+        close_notify is not an end of stream): ask with NOOP instead.
+        """
+        if not self.usable or self.sock is None:
+            return False
+        if self.tls is not None or self.machine.awaiting:
+            return None
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0.0)   # gevent: a non-blocking call never waits
+        try:
+            self.sock.recv(1, _stdlib_socket.MSG_PEEK)
+        except BlockingIOError:
+            return True   # nothing waiting: the server is quiet, as it should be
+        except OSError:
+            return False
+        finally:
+            self.sock.settimeout(timeout)
+        return False      # b"" (closed) or unsolicited bytes
+
     # --- The end. -----------------------------------------------------------------------
 
     def quit(self) -> None:
