@@ -113,6 +113,8 @@ class ForwardDelivery:
         self.leases.append(target.limits.take(ip=client_ip, source=domain_of(self.mail_from)))
         try:
             self.client, reused = target.session_for(self.meta, self.session_id)
+            # The log lines of this message name the session that carries it.
+            self.session_id = self.client.session_id or self.session_id
             try:
                 self._mail()
             except ConnectionFailed:
@@ -123,6 +125,7 @@ class ForwardDelivery:
                               session=self.session_id, target=self.client.peer)
                 self.client.close()
                 self.client = None
+                self.session_id = secrets.token_hex(6)
                 self.client = target.open_session(self.meta, self.session_id)
                 self._mail()
         except BaseException:
