@@ -134,6 +134,12 @@ def setup(targets, debug: bool = False, stream=None) -> None:
         handler.close()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
+    # No line shows the thread or the process (a worker says worker=N), and
+    # filling them in costs more than formatting the line: current_thread()
+    # makes a new dummy Thread for every greenlet that logs.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     for target in targets:
         if target.kind in ("stderr", "stderr_ts"):
             handler = logging.StreamHandler(stream or sys.stderr)

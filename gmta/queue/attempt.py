@@ -243,10 +243,11 @@ class Attempt:
             if not record.finished:
                 in_threadpool(self.spool.write, lock, record)
         if record.finished:
-            # The unlinks in the threadpool, then one fsync of msg/ shared with the
-            # other removals and publications meanwhile (group commit); the lock
-            # is held until it is durable.
-            in_threadpool(self.spool.remove, lock, False)
+            # The unlinks and the release of the lock in the threadpool (one trip),
+            # then one fsync of msg/ shared with the other removals and
+            # publications meanwhile (group commit). Once unlinked, the entry
+            # cannot be locked again, so the lock need not wait for the fsync.
+            in_threadpool(self.spool.remove_and_release, lock)
             queue.msg_dir_sync.sync()
             self.log.info("done", queue_id=record.id, msg_id=record.msg_id,
                           delivered=sum(r.state == DELIVERED for r in record.recipients),

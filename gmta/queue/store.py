@@ -328,6 +328,21 @@ class Spool:
         if sync_dir:
             fsync_dir(self.msg_dir)
 
+    def remove_and_release(self, lock: EntryLock) -> None:
+        """:meth:`remove` without the directory sync, then release *lock*.
+
+        Releasing before the removal is durable is safe: once the names are
+        gone no one can lock the entry again (:meth:`try_lock` sees a
+        descriptor opened before the unlink has no link left), and a crash
+        before the sync brings the entry back unlocked either way. Closing
+        the last descriptor of the unlinked ``ID.msg`` frees its inode and
+        blocks: done here, in the threadpool, not in the hub.
+        """
+        try:
+            self.remove(lock, sync_dir=False)
+        finally:
+            lock.release()
+
     def move_to_corrupt(self, entry_id: str, reason: str) -> None:
         """Move what exists of an entry to ``corrupt/`` with a ``.reason`` file."""
         _write_durably(os.path.join(self.corrupt_dir, entry_id + ".reason"),

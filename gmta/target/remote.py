@@ -40,7 +40,6 @@ from gmta.buffer import Buffer
 from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, ModuleRef
 from gmta.config.tls import TLSClientConfig, parse_client_tls
-from gmta.config.values import parse_duration
 from gmta.delivery import MessageMeta, PartialDeliveryError, tls_required_no
 from gmta.errors import SMTPError
 from gmta.limits import UNLIMITED, Lease, domain_of
@@ -48,7 +47,7 @@ from gmta.net import client as smtp_client
 from gmta.net.dns import resolver_for
 from gmta.net.tls import client_context
 from gmta.proto.grammar import domain_to_ascii
-from gmta.target.conncache import ConnectionCache
+from gmta.target.conncache import ConnectionCache, parse_idle_time
 from gmta.target.envelope import (check_content, content_pieces, mail_parameters, peer_ip,
                                   rcpt_parameters, server_address, temporary_552)
 from gmta.target.mxwalk import DialSettings, MXConnection, Walk, reuse_check
@@ -331,15 +330,6 @@ class RemoteDelivery:
     def _close(self, group: DomainDelivery) -> None:
         if group.connection is not None:
             group.connection.client.close()
-
-
-def parse_idle_time(node, ctx) -> float:
-    """maddy takes seconds as an integer (``150``); gmta also takes a duration (``2m30s``)."""
-    if node.children is not None or not node.args:
-        raise ValueError("expected seconds (150) or a duration (2m30s)")
-    if len(node.args) == 1 and node.args[0].isdigit():
-        return float(int(node.args[0]))
-    return parse_duration(node.args)
 
 
 def parse_local_ip(node, ctx) -> str:
