@@ -24,6 +24,14 @@ the server being measured is running):
   remote      the queue delivering 2,000 messages to 20 domains, each MX an
               smtp-sink on 127.0.1.x, both servers resolving through one knotd
               (bench/remote.py): msg/s and connections opened per message.
+  relay       smtp-source -d -s 20 -m 5000 -l 1024 into gmta (target.queue, then
+              target.smtp) and into Postfix (relayhost), each forwarding to a
+              Postfix smtp-sink that dumps what it accepts: messages/second until
+              the sink has them all, and the Message-Ids lost or duplicated there.
+  deferred    gmta started on a queue of 100,000 deferred messages (written by
+              bench/fill-queue through gmta's store): seconds until it listens and
+              until its start-up scan is done, and RSS after it, against the same
+              gmta on an empty queue.
 
 Diagnostics, never in a ratio: dummy (gmta with deliver_to dummy), experiments
 (bench/gmta-variant: threadpool size, GIL switch interval, file work inline, no
@@ -269,12 +277,17 @@ class Gmta:
     kind = "gmta"
 
     def __init__(self, work: Path, label: str, python: str, target: str = "&mailboxes",
-                 variant: dict[str, str] | None = None, workers: int = 1):
+                 variant: dict[str, str] | None = None, workers: int = 1,
+                 sink_port: int = 0):
         self.dir = work / label
         self.dir.mkdir(parents=True)
         self.state = self.dir / "state"
         self.config = self.dir / "gmta.conf"
-        text = (TEMPLATES / "gmta.conf").read_text()
+        if sink_port:
+            # A relay: the queue, then target.smtp to 127.0.0.1:sink_port.
+            text = (TEMPLATES / "gmta-relay.conf").read_text().replace("@SINK@", str(sink_port))
+        else:
+            text = (TEMPLATES / "gmta.conf").read_text()
         if target != "&mailboxes":
             # An unused target block is a configuration error.
             text = re.sub(r"\ntarget\.maildir mailboxes \{.*?\n\}\n", "\n", text, flags=re.S)
@@ -364,7 +377,8 @@ class Postfix:
 
     kind = "postfix"
 
-    def __init__(self, work: Path, label: str, port: int, hold: bool = False):
+    def __init__(self, work: Path, label: str, port: int, hold: bool = False,
+                 relay_port: int = 0):
         self.dir = work / label
         self.etc = self.dir / "etc"
         self.queue = self.dir / "queue"
@@ -386,6 +400,17 @@ class Postfix:
             main_cf += ("\n# Hold mode: every message goes to the hold queue (fsynced before\n"
                         "# the 250, as always) and is never delivered.\n"
                         "smtpd_end_of_data_restrictions = check_client_access static:HOLD\n")
+        if relay_port:
+            # Replaced rather than repeated (Postfix warns about a repeated parameter).
+            main_cf = re.sub(r"(?m)^(virtual_mailbox_domains|relayhost) =.*\n", "", main_cf)
+            main_cf += (
+                "\n# Relay mode (scenario relay): bench.test is no local or virtual domain;\n"
+                "# everything goes through the smtp(8) client to the smtp-sink (relaying\n"
+                "# is allowed by mynetworks, the default smtpd_relay_restrictions).\n"
+                "virtual_mailbox_domains =\n"
+                "default_transport = smtp\n"
+                f"relayhost = [127.0.0.1]:{relay_port}\n"
+                "smtp_tls_security_level = none\n")
         (self.etc / "main.cf").write_text(main_cf)
         shutil.copy("/etc/postfix/master.cf", self.etc / "master.cf")
         if os.path.exists("/etc/postfix/dynamicmaps.cf"):
@@ -793,6 +818,208 @@ def scenario_big(args, work: Path, pf_port: int, results: dict) -> None:
                     "median_seconds": statistics.median(r["seconds"] for r in runs["postfix"])}}
 
 
+# -- scenario 4: end-to-end relay ---------------------------------------------------------
+
+class Sink:
+    """Postfix's ``smtp-sink`` on 127.0.0.1: the relays' downstream. It appends every
+    transaction it accepts to one dump file (``-D``), where the benchmark counts the
+    Message-Ids that arrived (smtp-source gives each message its own)."""
+
+    def __init__(self, work: Path, label: str):
+        self.dir = work / label
+        self.dir.mkdir(parents=True)
+        os.chmod(self.dir, 0o777)      # smtp-sink writes as nobody
+        self.dump = self.dir / "dump"
+        self.port = free_port(0)
+        self.proc: subprocess.Popen | None = None
+        self._offset = 0
+        self._carry = b""
+        self.ids: dict[bytes, int] = {}
+
+    def start(self) -> None:
+        # 256: the listen backlog; -u nobody: smtp-sink refuses to run as root.
+        cmd = ["smtp-sink", "-u", "nobody", "-D", str(self.dump), f"127.0.0.1:{self.port}", "256"]
+        record(cmd)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        # bench/run's exit trap stops any sink listed here that is still running.
+        with (self.dir.parent / "sink-pids").open("a") as f:
+            f.write(f"{self.proc.pid}\n")
+
+        def up() -> bool:
+            with socket.socket() as s:
+                s.settimeout(1)
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        if not wait_until(up, 15, 0.05):
+            raise BenchError("smtp-sink did not start")
+
+    def count(self) -> int:
+        """Transactions arrived so far (reads only what was appended since the last call)."""
+        try:
+            with open(self.dump, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        self._offset += len(data)
+        lines = (self._carry + data).split(b"\n")
+        self._carry = lines.pop()          # an unfinished last line: next time
+        for line in lines:
+            if line[:11].lower() == b"message-id:":
+                key = line[11:].strip()
+                self.ids[key] = self.ids.get(key, 0) + 1
+        return sum(self.ids.values())
+
+    def unique(self) -> int:
+        return len(self.ids)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def relay_once(kind: str, args, work: Path, label: str, pf_port: int) -> dict:
+    """One relay measurement: smtp-source -> server -> smtp-sink, until the sink has all."""
+    check_deadline(f"relay ({label})")
+    sink = Sink(work, f"{label}-sink")
+    sink.start()
+    if kind == "gmta":
+        server = Gmta(work, label, args.gmta_python, sink_port=sink.port,
+                      workers=args.workers)
+    else:
+        server = Postfix(work, label, pf_port, relay_port=sink.port)
+    try:
+        server.start()
+        warmup = args.warmup
+        smtp_source(server.port, args.sessions, warmup, args.size, 60)
+        if not wait_until(lambda: sink.count() >= warmup, 120, 0.1):
+            raise BenchError(f"{label}: {sink.count()} of {warmup} warm-up messages at the sink")
+        settle()
+        expected = warmup + args.relay_messages
+        cpu0, m0, d0 = server.cpu(), machine_cpu(), disk_counters()
+        start = time.monotonic()
+        received = smtp_source(server.port, args.sessions, args.relay_messages, args.size, 300)
+        if not wait_until(lambda: sink.count() >= expected, 300, 0.1):
+            raise BenchError(f"{label}: {sink.count()} of {expected} messages at the sink")
+        seconds = time.monotonic() - start
+        cpu1, m1, d1 = server.cpu(), machine_cpu(), disk_counters()
+        # Late duplicates would come now, after the count was reached.
+        time.sleep(1)
+        total = sink.count()
+    finally:
+        server.stop()
+        sink.stop()
+    n = args.relay_messages
+    # A relay that retries (a 4xx or a lost connection) is slow for a reason of its
+    # own; the count says whether that happened.
+    if kind == "gmta":
+        text = (server.dir / "gmta.log").read_text(errors="replace")
+        deferred = text.count("event=deferred")
+    else:
+        deferred = server.maillog().count("status=deferred")
+    return {"seconds": seconds, "deferred_attempts": deferred, "rate": n / seconds,
+            "receive_seconds": received,
+            "receive_rate": n / received, "at_sink": total, "unique_at_sink": sink.unique(),
+            "lost": expected - sink.unique(), "duplicates": total - sink.unique(),
+            "cpu_ms_per_msg": sum(sub(cpu1, cpu0)) * 1000 / n,
+            "machine_busy": (m1[0] - m0[0]) / max(1, m1[1] - m0[1]),
+            "disk_flushes_per_msg": (d1[1] - d0[1]) / n}
+
+
+def scenario_relay(args, work: Path, pf_port: int, results: dict) -> None:
+    """smtp-source -> gmta (target.queue, target.smtp) -> smtp-sink, against Postfix
+    relaying (relayhost) to a sink of its own, alternating, median of --relay-rounds."""
+    say(f"\n== relay: smtp-source -d -s {args.sessions} -m {args.relay_messages} -l {args.size} "
+        f"-> server -> smtp-sink, {args.relay_rounds} rounds")
+    runs: dict[str, list[dict]] = {"gmta": [], "postfix": []}
+    for n in range(args.relay_rounds):
+        for kind in (["gmta", "postfix"] if n % 2 == 0 else ["postfix", "gmta"]):
+            r = relay_once(kind, args, work, f"relay{n}-{kind}", pf_port)
+            runs[kind].append(r)
+            say(f"  round {n + 1} {kind:8s} {r['rate']:7.0f} msg/s end to end ({r['seconds']:.2f} s; "
+                f"received at {r['receive_rate']:.0f} msg/s), server CPU "
+                f"{r['cpu_ms_per_msg']:.3f} ms/msg, machine {r['machine_busy'] * 100:.0f}% busy, "
+                f"disk {r['disk_flushes_per_msg']:.2f} flushes/msg; at the sink "
+                f"{r['at_sink']} (lost {r['lost']}, duplicates {r['duplicates']}); "
+                f"{r['deferred_attempts']} deferred attempts")
+            if r["lost"] or r["duplicates"]:
+                say(f"  !! {kind}: {r['lost']} lost and {r['duplicates']} duplicated messages")
+    results["relay"] = {k: {"runs": v, "median_rate": statistics.median(x["rate"] for x in v),
+                            "lost": sum(x["lost"] for x in v),
+                            "duplicates": sum(x["duplicates"] for x in v)}
+                        for k, v in runs.items()}
+
+
+# -- scenario 5: start-up with a large deferred queue -------------------------------------
+
+def gmta_startup(server: Gmta, expect_entries: int) -> dict:
+    """Start *server*; seconds until it listens and until its start-up scan is done,
+    a session's banner wait during that scan, and its memory after the scan."""
+    log = server.dir / "gmta.log"
+    t0 = time.monotonic()
+    server.start()
+    listening = time.monotonic() - t0
+    # A client arriving while the queue is being scanned (the hub must not block).
+    t1 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.makefile("rb").readline()
+    banner = time.monotonic() - t1
+    scanned: dict[str, str] = {}
+
+    def scan_done() -> bool:
+        for line in log.read_text(errors="replace").splitlines():
+            if "event=scanned" in line and "startup=yes" in line:
+                scanned.update(re.findall(r"(\w+)=(\S+)", line))
+                return True
+        return False
+
+    if not wait_until(scan_done, 300, 0.02):
+        raise BenchError("gmta's start-up scan did not finish:\n" + log.read_text()[-2000:])
+    scan = time.monotonic() - t0
+    if int(scanned["entries"]) != expect_entries:
+        raise BenchError(f"the scan found {scanned['entries']} entries, not {expect_entries}")
+    time.sleep(2)      # let anything the scan allocated settle
+    return {"listening_s": listening, "scan_done_s": scan, "banner_during_scan_s": banner,
+            "entries": int(scanned["entries"]), "in_window": int(scanned["in_window"]),
+            "rss_kib": status_kib(server.pid, "VmRSS"), "hwm_kib": status_kib(server.pid, "VmHWM")}
+
+
+def scenario_deferred(args, work: Path, results: dict) -> None:
+    """gmta's start-up on a queue of --deferred deferred messages (written by
+    bench/fill-queue through gmta's store), against the same gmta on an empty queue."""
+    say(f"\n== deferred: gmta start-up with {args.deferred} deferred messages in its queue")
+    check_deadline("deferred")
+    dead_port = free_port(0)      # nobody listens: the entries would stay deferred
+    out = {}
+    for label, count in (("empty", 0), ("full", args.deferred)):
+        server = Gmta(work, f"deferred-{label}", args.gmta_python, sink_port=dead_port)
+        if count:
+            t = time.monotonic()
+            run([args.gmta_python, str(BENCH / "fill-queue"), str(server.state / "outbound"),
+                 str(count), str(args.size)], 900)
+            out["fill_seconds"] = time.monotonic() - t
+            settle()
+        try:
+            out[label] = gmta_startup(server, count)
+        finally:
+            server.stop()
+        r = out[label]
+        say(f"  {label:5s} queue ({r['entries']} entries): listening after "
+            f"{r['listening_s']:.2f} s, start-up scan done after {r['scan_done_s']:.2f} s "
+            f"({r['in_window']} in the scheduler's window), banner during the scan after "
+            f"{r['banner_during_scan_s'] * 1000:.0f} ms, RSS {r['rss_kib'] / KIB:.1f} MiB "
+            f"(peak {r['hwm_kib'] / KIB:.1f} MiB)")
+    out["rss_growth_mib"] = (out["full"]["rss_kib"] - out["empty"]["rss_kib"]) / KIB
+    out["hwm_growth_mib"] = (out["full"]["hwm_kib"] - out["empty"]["hwm_kib"]) / KIB
+    results["deferred"] = out
+
+
 # -- where the time goes -----------------------------------------------------------------
 
 def fsync_latency(work: Path, count: int = 200) -> dict:
@@ -1057,6 +1284,25 @@ def report(args, results: dict) -> None:
     if "remote" in results:
         import remote
         rows += remote.report_rows(args, results)
+    if "relay" in results:
+        rg, rp = results["relay"]["gmta"], results["relay"]["postfix"]
+        rows.append((f"relay end to end, msg/s (smtp-source -> server -> smtp-sink; median of "
+                     f"{args.relay_rounds})", f"{rg['median_rate']:.0f}", f"{rp['median_rate']:.0f}",
+                     ratio(rg["median_rate"], rp["median_rate"]), "gmta/Postfix ≥ 1.5"))
+        rows.append(("  relay: lost / duplicated at the sink (all rounds)",
+                     f"{rg['lost']} / {rg['duplicates']}", f"{rp['lost']} / {rp['duplicates']}",
+                     "", "0 / 0"))
+    if "deferred" in results:
+        d = results["deferred"]
+        rows.append((f"deferred queue of {d['full']['entries']}: seconds until listening "
+                     f"(empty queue: {d['empty']['listening_s']:.2f})",
+                     f"{d['full']['listening_s']:.2f}", "", "", "seconds"))
+        rows.append(("  deferred queue: seconds until the start-up scan is done",
+                     f"{d['full']['scan_done_s']:.2f}", "", "", ""))
+        rows.append((f"  deferred queue: RSS after the scan, MiB (growth over an empty "
+                     f"queue; window {d['full']['in_window']})",
+                     f"{d['full']['rss_kib'] / KIB:.1f} (+{d['rss_growth_mib']:.1f})", "", "",
+                     "bounded"))
     header = ("figure", "gmta", "Postfix", "gmta/Postfix", "target")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
     say("\n== results")
@@ -1086,12 +1332,14 @@ def main() -> int:
     parser.add_argument("--profile-out", default="", help="keep py-spy's raw stacks here")
     parser.add_argument("--perf", action="store_true",
                         help="sample the machine with perf during one gmta run")
-    parser.add_argument("--scenarios", default="throughput,dummy,experiments,idle,big,remote",
-                        help="comma-separated: throughput,dummy,experiments,idle,big,remote")
+    parser.add_argument("--scenarios",
+                        default="throughput,dummy,experiments,idle,big,remote,relay,deferred",
+                        help="comma-separated: throughput,dummy,experiments,idle,big,remote,"
+                             "relay,deferred")
     parser.add_argument("--experiments", default="",
                         help="only these experiments (comma-separated labels)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="gmta's 'workers N' in the throughput, dummy and experiments "
+                        help="gmta's 'workers N' in the throughput, dummy, experiments and relay "
                              "scenarios (idle and big always run one process)")
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--messages", type=int, default=5000)
@@ -1106,8 +1354,13 @@ def main() -> int:
     parser.add_argument("--remote-rounds", type=int, default=3, help="remote: rounds")
     parser.add_argument("--remote-timeout", type=float, default=180,
                         help="remote: seconds allowed for one delivery run")
+    parser.add_argument("--relay-messages", type=int, default=5000,
+                        help="messages per relay round (after --warmup)")
+    parser.add_argument("--relay-rounds", type=int, default=3)
+    parser.add_argument("--deferred", type=int, default=100000,
+                        help="deferred messages in the queue of the start-up scenario")
     parser.add_argument("--postfix-port", type=int, default=10025)
-    parser.add_argument("--budget", type=float, default=780, help="seconds for the whole run")
+    parser.add_argument("--budget", type=float, default=1500, help="seconds for the whole run")
     parser.add_argument("--json", default="", help="write the figures here as JSON")
     args = parser.parse_args()
 
@@ -1159,8 +1412,14 @@ def main() -> int:
         scenario_idle(args, args.work, pf_port, results)
     if "big" in scenarios:
         scenario_big(args, args.work, pf_port, results)
+    # Both relays delete every queue file they deliver, so the relay goes after the
+    # scenarios that time file creation; the deferred queue (200,000 files) goes last.
+    if "relay" in scenarios:
+        scenario_relay(args, args.work, pf_port, results)
+    if "deferred" in scenarios:
+        scenario_deferred(args, args.work, results)
     if "remote" in scenarios:
-        # Last: both servers delete their queue files after delivering.
+        # After the relay: both servers delete their queue files after delivering.
         import remote
         remote.scenario_remote(args, args.work, pf_port, results)
     results["fsync_end"] = fsync_latency(args.work)

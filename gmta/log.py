@@ -128,15 +128,18 @@ def file_paths() -> list[str]:
 
 def setup(targets, debug: bool = False, stream=None) -> None:
     """Route gmta's logs to *targets* (``LogTarget`` values); an empty list is ``log off``."""
-    # No line shows the thread, process or multiprocessing names: not looking
-    # them up for every record saves CPU on each line (bench/README.md).
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger(_ROOT)
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
+    # No line shows the thread or the process (a worker says worker=N), and
+    # filling them in costs more than formatting the line: current_thread()
+    # makes a new dummy Thread for every greenlet that logs.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     for target in targets:
         if target.kind in ("stderr", "stderr_ts"):
             handler = logging.StreamHandler(stream or sys.stderr)

@@ -66,6 +66,10 @@ class Module:
     def stop(self) -> None:
         """Stop work; called in the reverse order of ``start``."""
 
+    def stop_grace(self, timeout: float) -> None:
+        """Before ``stop()`` when gmta stops: work under way may take up to *timeout*
+        seconds to finish (the longest endpoint ``shutdown_timeout``)."""
+
     # -- reload (gmta.daemon.reload) ------------------------------------------------
 
     def exclusive_key(self) -> object | None:

@@ -38,6 +38,13 @@ of ``gmta.queue.store`` keep them apart) and announce each new entry to worker
 
 A worker whose supervisor disappears (SIGKILL) sees EOF on its socketpair and
 drains and stops as on SIGTERM, so no orphan keeps serving the ports.
+
+**Metrics**: every worker counts into its own file under
+``runtime_dir/metrics/``, and whichever worker answers a scrape of the shared
+``openmetrics`` port sums all of them (:mod:`gmta.metrics.shared`). The
+supervisor empties that directory when it starts, and a restarted worker
+counts on from its predecessor's file, so counters only go up within one run
+of the supervisor; ``gmta_process_start_time_seconds`` is the supervisor's.
 """
 
 from __future__ import annotations
@@ -57,20 +64,19 @@ from gevent import socket
 from gevent.queue import Queue
 
 import gmta.log
-from gmta import __version__
+from gmta import __version__, metrics
 from gmta.config.loader import LoadedConfig
 from gmta.daemon import privileges
 from gmta.daemon.notify import Notifier
+from gmta.daemon.process import (HANDLED_SIGNALS, REOPEN_LOGS_SIGNAL,
+                                 STOP_SIGNALS, give_log_files, prepare_directories, run_as)
+from gmta.metrics import shared as shared_metrics
 from gmta.net import listen
 
 log = gmta.log.get("daemon")
 
 FDS_ENVIRONMENT = "GMTA_WORKER_FDS"
 READY_LINE = b"ready\n"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-REOPEN_LOGS_SIGNAL = signal.SIGUSR1
-RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR2)
-HANDLED_SIGNALS = (*STOP_SIGNALS, REOPEN_LOGS_SIGNAL, *RELOAD_SIGNALS)
 
 RESTART_DELAY = 0.5
 RESTART_DELAY_MAX = 30.0
@@ -104,10 +110,16 @@ class WorkerRole:
         if FDS_ENVIRONMENT not in os.environ:
             raise LookupError("--worker-index is set by the supervisor of 'workers N' only")
         spec = json.loads(os.environ.pop(FDS_ENVIRONMENT))
-        for address, fd in spec["listen"].items():
-            listen.adopt(address, fd)
+        for key, fd in spec["listen"].items():
+            listen.adopt(key, fd)
         control = socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM,
                                 fileno=spec["control"])
+        # Before any module runs, so that nothing is counted outside the file.
+        discarded = metrics.share_with_workers(spec["metrics"], index, spec["count"],
+                                               spec["started"])
+        if discarded:
+            log.warning("metrics_file_discarded", worker=index, reason=discarded,
+                        hint="this worker's counts start again from zero")
         return cls(index, spec["count"], control)
 
     def prepare(self, config: LoadedConfig) -> None:
@@ -117,7 +129,7 @@ class WorkerRole:
         gmta.log.set_process_fields(worker=self.index)
         for endpoint in config.endpoints:
             for address in getattr(endpoint, "addresses", ()):
-                if not listen.is_adopted(address):
+                if not listen.is_adopted(address, endpoint.instance_name):
                     # Bound here, a TCP address would get one socket without
                     # SO_REUSEPORT, in whichever worker binds first; the others
                     # would fail. The supervisor binds listeners, at start only.
@@ -160,6 +172,9 @@ class Worker:
     #: Monotonic times of its unexpected exits, for the crash-loop limit.
     crashes: list[float] = field(default_factory=list)
     restart_pending: bool = False
+    #: The run's metrics directory and start time, handed to each of its processes.
+    metrics_dir: str = ""
+    started: float = 0.0
 
     @property
     def alive(self) -> bool:
@@ -205,17 +220,25 @@ def supervise(config: LoadedConfig) -> int:
 
 
 def _bind(config: LoadedConfig, count: int) -> list[Worker]:
-    from gmta.daemon.process import prepare_directories, run_as
 
     owner = run_as(config)
-    prepare_directories(config, owner if owner is not None and not owner.is_current else None)
-    workers = [Worker(index, {}) for index in range(count)]
+    drop_to = owner if owner is not None and not owner.is_current else None
+    prepare_directories(config, drop_to)
+    # A new run counts from zero: the files of an earlier run go.
+    metrics_dir = shared_metrics.directory(config.runtime_dir)
+    shared_metrics.clear(metrics_dir)
+    if drop_to is not None:
+        privileges.give_directory(metrics_dir, drop_to)
+    # The supervisor's start: when this run's counters began.
+    started = metrics.PROCESS_START_TIME.value()
+    workers = [Worker(index, {}, metrics_dir=metrics_dir, started=started)
+               for index in range(count)]
     try:
         for endpoint in config.endpoints:
             for address in getattr(endpoint, "addresses", ()):
                 group = listen.bind_group(address, count)
                 for worker, sock in zip(workers, group, strict=True):
-                    worker.sockets[str(address)] = sock
+                    worker.sockets[listen.adoption_key(address, endpoint.instance_name)] = sock
     except OSError:
         for worker in workers:
             for sock in worker.sockets.values():
@@ -225,7 +248,6 @@ def _bind(config: LoadedConfig, count: int) -> list[Worker]:
 
 
 def _drop_privileges(config: LoadedConfig) -> None:
-    from gmta.daemon.process import give_log_files, run_as
 
     owner = run_as(config)
     if owner is None or owner.is_current:
@@ -237,12 +259,13 @@ def _drop_privileges(config: LoadedConfig) -> None:
 
 def _spawn(config: LoadedConfig, worker: Worker, count: int, events: Queue) -> None:
     ours, theirs = socket.socketpair(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
-    listen_fds = {address: sock.fileno() for address, sock in worker.sockets.items()}
+    listen_fds = {key: sock.fileno() for key, sock in worker.sockets.items()}
     env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
     # Only the supervisor speaks to systemd (NotifyAccess=main would drop the
     # workers' messages anyway).
     env[FDS_ENVIRONMENT] = json.dumps({"listen": listen_fds, "control": theirs.fileno(),
-                                       "count": count})
+                                       "count": count, "metrics": worker.metrics_dir,
+                                       "started": worker.started})
     # The worker imports the same gmta as this process, wherever it came from.
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(gmta.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
@@ -425,10 +448,13 @@ def _stop(config: LoadedConfig, workers: list[Worker], events: Queue, notifier: 
 
 
 def _drain_time(config: LoadedConfig) -> float:
-    from gmta.queue.scheduler import STOP_GRACE
+    from gmta.daemon.reload import DEFAULT_SHUTDOWN_TIMEOUT
 
-    # A worker drains its endpoints one after the other, then its queues.
-    return sum(getattr(e, "shutdown_timeout", 0.0) for e in config.endpoints) + STOP_GRACE
+    # A worker drains its endpoints at the same time, then its queues' running
+    # attempts get the longest shutdown_timeout (gmta.daemon.reload.Generation.stop).
+    longest = max((getattr(e, "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+                   for e in config.endpoints), default=DEFAULT_SHUTDOWN_TIMEOUT)
+    return 2 * longest
 
 
 def _describe(status: int | None) -> str:

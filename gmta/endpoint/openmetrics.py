@@ -152,7 +152,7 @@ class OpenMetricsEndpoint(Module):
     def bind(self) -> None:
         try:
             for address in self.addresses:
-                self.bound_sockets.append(listen.bind(address))
+                self.bound_sockets.append(listen.bind(address, self.instance_name))
         except OSError:
             self.unbind()
             raise

@@ -585,7 +585,7 @@ class SMTPEndpoint(Module):
                 # (with connections waiting in its backlog) when the old endpoint
                 # closes its own descriptor, so a reload refuses no connection.
                 self.bound_sockets.append(listen.duplicate(old) if old is not None
-                                          else listen.bind(address))
+                                          else listen.bind(address, self.instance_name))
         except OSError:
             self.unbind()
             raise

@@ -11,9 +11,11 @@ This package imports nothing of gmta, so every layer may count.
 
 from __future__ import annotations
 
+import os
 import time
 
 from gmta import __version__
+from gmta.metrics import shared
 from gmta.metrics.registry import Registry
 
 REGISTRY = Registry(dropped_metric="gmta_metrics_label_sets_dropped_total",
@@ -23,7 +25,8 @@ _r = REGISTRY
 # -- the process --------------------------------------------------------------------------
 
 PROCESS_START_TIME = _r.gauge(
-    "gmta_process_start_time_seconds", "Start time of the gmta process since the Unix epoch")
+    "gmta_process_start_time_seconds", "Start time of the gmta process since the Unix epoch",
+    shared=False)
 PROCESS_START_TIME.set(time.time())
 BUILD_INFO = _r.info("gmta_build_info", "The version of gmta", {"version": __version__})
 
@@ -80,6 +83,21 @@ OUTBOUND_TLS_FAILURES = _r.counter(
     "gmta_outbound_tls_failures_total",
     "Outbound TLS handshakes that failed: verify (certificate not trusted) or handshake",
     ("kind",))
+
+
+def share_with_workers(metrics_dir: str, index: int, count: int, started: float) -> str | None:
+    """In worker *index* of ``workers count``: count into this worker's file under
+    *metrics_dir* and show every worker's sums (:mod:`gmta.metrics.shared`).
+
+    The start time shown is the supervisor's, *started*: the counters began
+    then, and a restarted worker does not reset them. Returns why a
+    predecessor's file could not be taken over (its counts start again), or None.
+    """
+    os.makedirs(metrics_dir, mode=0o750, exist_ok=True)
+    file = shared.WorkerFile(shared.worker_path(metrics_dir, index))
+    REGISTRY.share(file, [shared.worker_path(metrics_dir, i) for i in range(count)])
+    PROCESS_START_TIME.set(started)
+    return file.discarded
 
 
 def code_class(code: int) -> str:

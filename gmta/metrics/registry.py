@@ -17,6 +17,13 @@ line feed); help texts are escaped as each format requires.
 Every update happens in gevent greenlets of the one hub thread, so plain
 arithmetic is enough; nothing here blocks or yields, except the functions a
 gauge is *tracked* with, which run at scrape time in the scraping greenlet.
+
+With ``workers N`` the *shared* families (counters, and gauges not made with
+``shared=False``) keep their values in this worker's file of
+:mod:`gmta.metrics.shared` once :meth:`Registry.share` was called, and
+:meth:`Registry.render` sums them over every worker's file. The other
+families (gauge functions, infos, per-process gauges) are rendered from this
+process alone.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from __future__ import annotations
 import math
 import re
 from typing import Callable, Iterable
+
+from gmta.metrics import shared
 
 #: Label sets one family keeps at most; past it, updates for new label sets
 #: are counted as dropped and go nowhere (so a bug or a hostile input that
@@ -63,12 +72,35 @@ def format_value(value: float) -> str:
 
 
 class _Value:
-    """The value of one label set of a counter or gauge."""
+    """The value of one label set of a counter or gauge: in this process, or in a
+    slot of this worker's shared file (:meth:`bind`)."""
 
-    __slots__ = ("value",)
+    __slots__ = ("_value", "_file", "_offset")
 
     def __init__(self):
-        self.value = 0.0
+        self._value = 0.0
+        self._file = None
+        self._offset = 0
+
+    @property
+    def value(self) -> float:
+        return self._value if self._file is None else self._file.get(self._offset)
+
+    def _add(self, amount: float) -> None:
+        if self._file is None:
+            self._value += amount
+        else:
+            self._file.add(self._offset, amount)
+
+    def bind(self, file, offset: int, *, carry: str) -> None:
+        """Keep the value in *file* at *offset* from now on. What was counted here
+        before is added to the slot (``carry="add"``: a counter, which counts on from
+        a predecessor's value) or replaces it (``"set"``: a gauge)."""
+        if carry == "add":
+            file.add(offset, self._value)
+        else:
+            file.set(offset, self._value)
+        self._file, self._offset, self._value = file, offset, 0.0
 
 
 class CounterChild(_Value):
@@ -77,20 +109,23 @@ class CounterChild(_Value):
     def inc(self, amount: float = 1.0) -> None:
         if amount < 0:
             raise ValueError("a counter only goes up")
-        self.value += amount
+        self._add(amount)
 
 
 class GaugeChild(_Value):
     __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
-        self.value += amount
+        self._add(amount)
 
     def dec(self, amount: float = 1.0) -> None:
-        self.value -= amount
+        self._add(-amount)
 
     def set(self, value: float) -> None:
-        self.value = float(value)
+        if self._file is None:
+            self._value = float(value)
+        else:
+            self._file.set(self._offset, float(value))
 
 
 class Family:
@@ -99,13 +134,15 @@ class Family:
     child_class: type = CounterChild
 
     def __init__(self, registry: "Registry", name: str, help: str, type_: str,
-                 labelnames: tuple[str, ...], max_label_sets: int):
+                 labelnames: tuple[str, ...], max_label_sets: int, shared: bool = False):
         self.registry = registry
         self.name = name
         self.help = help
         self.type = type_
         self.labelnames = labelnames
         self.max_label_sets = max_label_sets
+        #: Summed over the workers of ``workers N`` (see Registry.share).
+        self.shared = shared
         self._children: dict[tuple[str, ...], object] = {}
         if not labelnames:
             self._children[()] = self.child_class()
@@ -136,10 +173,20 @@ class Family:
             if len(self._children) >= self.max_label_sets:
                 self.registry.label_set_dropped(self.name)
                 return self.child_class()  # counts into nothing
-            child = self._children[key] = self.child_class()
+            child = self.child_class()
+            if not self.registry.bind_shared(self, key, child):
+                self.registry.label_set_dropped(self.name)
+                return child  # the shared file is full: counts into nothing
+            self._children[key] = child
         return child
 
+    @property
+    def carry(self) -> str:
+        """How a value counted before sharing joins the shared slot (``_Value.bind``)."""
+        return "add" if self.type == "counter" else "set"
+
     def remove(self, *values: str) -> None:
+        """Forget a label set (in this process; a shared slot stays in its file)."""
         self._children.pop(tuple(str(v) for v in values), None)
 
     # An unlabelled family is its own single child.
@@ -206,6 +253,9 @@ class Registry:
     def __init__(self, *, dropped_metric: str | None = None,
                  failed_metric: str | None = None):
         self._families: dict[str, Family] = {}
+        #: This worker's shared file and every worker's path (Registry.share).
+        self._shared_file = None
+        self._worker_paths: list[str] = []
         self._dropped = self.counter(
             dropped_metric, "Updates of label sets beyond a family's bound, ignored",
             ("metric",)) if dropped_metric else None
@@ -214,7 +264,7 @@ class Registry:
             ("metric",)) if failed_metric else None
 
     def _add(self, cls, name: str, help: str, type_: str, labels: Iterable[str],
-             max_label_sets: int) -> Family:
+             max_label_sets: int, shared: bool = False) -> Family:
         labels = tuple(labels)
         if not _METRIC_NAME.match(name):
             raise ValueError(f"invalid metric name {name!r}")
@@ -228,17 +278,19 @@ class Registry:
             raise ValueError(f"repeated label name in {name}")
         if name in self._families:
             raise ValueError(f"metric {name} registered twice")
-        family = cls(self, name, help, type_, labels, max_label_sets)
+        family = cls(self, name, help, type_, labels, max_label_sets, shared)
         self._families[name] = family
         return family
 
     def counter(self, name: str, help: str, labels: Iterable[str] = (), *,
                 max_label_sets: int = DEFAULT_MAX_LABEL_SETS) -> Counter:
-        return self._add(Counter, name, help, "counter", labels, max_label_sets)
+        return self._add(Counter, name, help, "counter", labels, max_label_sets, True)
 
     def gauge(self, name: str, help: str, labels: Iterable[str] = (), *,
-              max_label_sets: int = DEFAULT_MAX_LABEL_SETS) -> Gauge:
-        return self._add(Gauge, name, help, "gauge", labels, max_label_sets)
+              max_label_sets: int = DEFAULT_MAX_LABEL_SETS, shared: bool = True) -> Gauge:
+        """A gauge; *shared* False for a value of this process that is not summed over
+        workers (such as its start time)."""
+        return self._add(Gauge, name, help, "gauge", labels, max_label_sets, shared)
 
     def gauge_function(self, name: str, help: str, labels: Iterable[str] = (), *,
                        max_label_sets: int = DEFAULT_MAX_LABEL_SETS) -> GaugeFunction:
@@ -261,11 +313,78 @@ class Registry:
         if self._failed is not None:
             self._failed.labels(metric).inc()
 
+    # -- workers N ------------------------------------------------------------------------
+
+    def share(self, file, worker_paths: list[str]) -> None:
+        """Keep the shared families' values in *file* (this worker's, from
+        :mod:`gmta.metrics.shared`) and render the sums over *worker_paths*.
+
+        A predecessor's gauges in *file* are set to zero (what they counted ended
+        with it); its counters are kept, and this process counts on from them."""
+        if self._shared_file is not None:
+            raise RuntimeError("the registry is shared already")
+        file.zero({f.name for f in self._families.values() if f.shared and f.type != "counter"})
+        self._shared_file = file
+        self._worker_paths = list(worker_paths)
+        for family in self.families():
+            if not family.shared:
+                continue
+            for key, child in list(family._children.items()):
+                if not self.bind_shared(family, key, child):
+                    del family._children[key]
+                    self.label_set_dropped(family.name)
+
+    def bind_shared(self, family: Family, key: tuple[str, ...], child) -> bool:
+        """Give a new *child* its slot in the shared file; False when the file is full."""
+        if self._shared_file is None or not family.shared:
+            return True
+        offset = self._shared_file.slot((family.name, key),
+                                        reserved=family in (self._dropped, self._failed))
+        if offset is None:
+            return False
+        child.bind(self._shared_file, offset, carry=family.carry)
+        return True
+
+    def _shared_samples(self) -> dict[str, dict[tuple[str, ...], float]]:
+        """Every worker's shared values summed per family and label set. The gauges
+        of a worker that no longer runs are left out: they described that process."""
+        gauges = {f.name for f in self._families.values() if f.shared and f.type != "counter"}
+        totals: dict[str, dict[tuple[str, ...], float]] = {}
+        own = self._shared_file.path
+        # This worker's file last, so that a failure counted here shows at once.
+        for path in [p for p in self._worker_paths if p != own] + [own]:
+            try:
+                running, values = shared.read(path)
+            except FileNotFoundError:
+                continue  # that worker has not started yet
+            except (OSError, ValueError):
+                self.collect_failed("worker_file")
+                continue
+            for (name, labels), number in values.items():
+                if name in gauges and not running:
+                    continue
+                family = totals.setdefault(name, {})
+                family[labels] = family.get(labels, 0.0) + number
+        return totals
+
     def render(self, openmetrics: bool = False) -> str:
         """The whole exposition in the 0.0.4 text format, or OpenMetrics 1.0."""
+        families = self.families()
+        # The process's own families first: reading a gauge function may count a
+        # failure, which then shows in this very scrape.
+        samples_of = {f.name: f.samples() for f in families
+                      if not f.shared or self._shared_file is None}
+        if self._shared_file is not None:
+            totals = self._shared_samples()
+            for family in families:
+                if family.shared:
+                    by_labels = totals.get(family.name, {})
+                    samples_of[family.name] = [
+                        (key, by_labels[key]) for key in sorted(by_labels)
+                        if len(key) == len(family.labelnames)]
         lines: list[str] = []
-        for family in self.families():
-            samples = family.samples()
+        for family in families:
+            samples = samples_of[family.name]
             # OpenMetrics: an info is its own type; 0.0.4 knows only gauges for it.
             type_ = family.type if openmetrics or family.type != "info" else "gauge"
             meta_name = family.family_name if openmetrics else family.name

@@ -84,10 +84,14 @@ target.remote on branch ``remote`` already has a hook protocol
 which speaks that protocol over the same :class:`MessagePolicy`; with it the
 target keeps its own REQUIRETLS and ``TLS-Required: No`` handling. Its facts
 carry the whole peer chain (``gmta.net.tls.peer_chain``), not only the leaf,
-or DANE-TA could not match; the hook answers in the target's own level enums.
+or DANE-TA could not match. The levels are the target layer's own
+(``gmta.target.security.MXLevel``/``TLSLevel``; re-exported here): one
+definition, so the hook passes them both ways without conversion.
 
-Layering: this package imports the config, net and log layers only; the
-remote target imports it.
+Layering (DESIGN §3): this package imports the config, net and log layers and
+the target layer's ``gmta.target.security`` (levels and hook types); nothing
+in ``gmta/target`` imports this package: target.remote finds ``mx_auth``
+through the module registry.
 """
 
 import gmta.mxauth.dane  # noqa: F401  (registers mx_auth.dane)
@@ -96,9 +100,9 @@ import gmta.mxauth.local_policy  # noqa: F401
 import gmta.mxauth.mtasts  # noqa: F401
 import gmta.mxauth.sts_preload  # noqa: F401
 from gmta.mxauth.facts import ConnectionFacts, peer_chain
-from gmta.mxauth.levels import MXLevel, TLSLevel
 from gmta.mxauth.policy import (MX_AUTH_DIRECTIVE, NO_POLICIES, ConnectionVerdict, MessagePolicy,
                                 MXAuth, PolicySet, policies_of)
+from gmta.target.security import MXLevel, TLSLevel
 
 __all__ = ["ConnectionFacts", "ConnectionVerdict", "MX_AUTH_DIRECTIVE", "MXAuth", "MXLevel",
            "MessagePolicy", "NO_POLICIES", "PolicySet", "TLSLevel", "peer_chain", "policies_of"]

@@ -36,9 +36,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import gmta.log
-from gmta.mxauth.levels import TLSLevel, refusal
 from gmta.mxauth.policy import JOIN_GRACE, Policy, register_policy
+from gmta.mxauth.refusal import refusal
 from gmta.net.dns import DNSError, resolver_for
+from gmta.target.security import TLSLevel
 
 log = gmta.log.get("mx_auth.dane")
 

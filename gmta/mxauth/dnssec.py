@@ -11,8 +11,8 @@ that rule; the remote target passes its value for the MX answer as
 
 from __future__ import annotations
 
-from gmta.mxauth.levels import MXLevel
 from gmta.mxauth.policy import Policy, register_policy
+from gmta.target.security import MXLevel
 
 
 @register_policy

@@ -12,8 +12,8 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from gmta.mxauth.levels import TLSLevel
 from gmta.net.tls import peer_chain
+from gmta.target.security import TLSLevel
 
 __all__ = ["ConnectionFacts", "peer_chain"]
 

@@ -10,8 +10,9 @@ can tell a policy doing its job from a policy not applied (maddy #717).
 from __future__ import annotations
 
 from gmta.config.reader import Directive, Enum
-from gmta.mxauth.levels import MXLevel, TLSLevel, refusal
 from gmta.mxauth.policy import Policy, register_policy
+from gmta.mxauth.refusal import refusal
+from gmta.target.security import MXLevel, TLSLevel, parse_level
 
 
 @register_policy
@@ -33,8 +34,8 @@ class LocalPolicy(Policy):
                                       hint="write 'local_policy off' or 'local_policy { ... }'")
             self.min_tls, self.min_mx = TLSLevel.NONE, MXLevel.NONE
             return
-        self.min_tls = TLSLevel.from_word(cfg.min_tls_level)
-        self.min_mx = MXLevel.from_word(cfg.min_mx_level)
+        self.min_tls = parse_level(TLSLevel, cfg.min_tls_level)
+        self.min_mx = parse_level(MXLevel, cfg.min_mx_level)
 
     def check_mx(self, domain, mx, level):
         if level < self.min_mx:

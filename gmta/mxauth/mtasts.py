@@ -31,11 +31,12 @@ import gevent.lock
 import gmta.log
 from gmta.config.reader import Directive, Enum, Int, Path
 from gmta.mxauth.https import FetchError, HTTPSResponse, https_get, verifying_context
-from gmta.mxauth.levels import MXLevel, TLSLevel, refusal
 from gmta.mxauth.policy import Policy, register_policy
+from gmta.mxauth.refusal import refusal
 from gmta.mxauth.sts_cache import CachedPolicy, FSCache, RAMCache
 from gmta.mxauth.sts_policy import PolicyError, parse_policy, parse_txt
 from gmta.net.dns import DNSError, resolver_for
+from gmta.target.security import MXLevel, TLSLevel
 
 log = gmta.log.get("mx_auth.mtasts")
 

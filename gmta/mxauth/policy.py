@@ -23,7 +23,8 @@ from gmta.config.module import Module, register
 from gmta.config.reader import Custom, Directive, ModuleRef
 from gmta.errors import SMTPError
 from gmta.mxauth.facts import ConnectionFacts
-from gmta.mxauth.levels import MXLevel, TLSLevel, refusal
+from gmta.mxauth.refusal import refusal
+from gmta.target.security import MXLevel, TLSLevel
 
 log = gmta.log.get("mx_auth")
 

@@ -1,18 +1,20 @@
 """The mx_auth policies seen through target.remote's hook (``gmta/target/security.py``).
 
-target.remote (branch ``remote``) calls an ``mx_auth`` instance as
-``start(meta)`` → an object with ``prepare_domain(domain)``,
-``check_mx(candidate, level)``, ``check_conn(facts)`` and ``close()``, and
-checks REQUIRETLS and ``TLS-Required: No`` itself. :class:`RemoteHook` maps
-those calls onto :class:`~gmta.mxauth.policy.MessagePolicy`, duck-typed on
-the hook's objects so that this package does not import the target layer.
+target.remote calls an ``mx_auth`` instance as ``start(meta)`` → an object
+with ``prepare_domain(domain)``, ``check_mx(candidate, level)``,
+``check_conn(facts)`` and ``close()``, and checks REQUIRETLS and
+``TLS-Required: No`` itself. :class:`RemoteHook` maps those calls onto
+:class:`~gmta.mxauth.policy.MessagePolicy`. The levels are the same enums on
+both sides (``gmta.target.security``), so they pass unconverted; only the
+connection facts are translated, because the policies need less (and other)
+detail than the target records.
 """
 
 from __future__ import annotations
 
-from gmta.mxauth.facts import ConnectionFacts
-from gmta.mxauth.levels import MXLevel, TLSLevel
+from gmta.mxauth.facts import ConnectionFacts as PolicyFacts
 from gmta.mxauth.policy import MessagePolicy
+from gmta.target.security import ConnectionFacts, MXCandidate, MXLevel, TLSLevel
 
 
 class RemoteHook:
@@ -24,27 +26,24 @@ class RemoteHook:
     def prepare_domain(self, domain: str) -> None:
         self.message.prepare_domain(domain)
 
-    def check_mx(self, candidate, level) -> MXLevel:
-        """*candidate* has ``domain``, ``name`` and ``mx_list.authenticated``."""
+    def check_mx(self, candidate: MXCandidate, level: MXLevel) -> MXLevel:
         found = self.message.check_mx(candidate.domain, candidate.name,
                                       mx_authenticated=bool(candidate.mx_list.authenticated))
-        # The caller's own enum back (target.remote logs it by name: "mtasts", not "1").
-        return type(level)(max(int(level), int(found)))
+        return max(level, found)
 
-    def check_conn(self, facts) -> TLSLevel:
-        """*facts* is the hook's ConnectionFacts (leaf certificate, measured TLS level)."""
-        tls = getattr(facts, "tls", None)
+    def check_conn(self, facts: ConnectionFacts) -> TLSLevel:
+        tls = facts.tls
         encrypted = tls is not None
-        ours = ConnectionFacts(
+        ours = PolicyFacts(
             starttls_offered=encrypted or facts.tls_error is not None,
-            tls_version=(getattr(tls, "version", None) or "TLS") if encrypted else None,
-            pkix_verified=int(facts.tls_level) == TLSLevel.AUTHENTICATED,
-            peer_chain=getattr(facts, "peer_chain", None) or
+            tls_version=(tls.version or "TLS") if encrypted else None,
+            # The target measures authenticated = PKIX-verified for the MX name.
+            pkix_verified=facts.tls_level == TLSLevel.AUTHENTICATED,
+            peer_chain=facts.peer_chain or
             ((facts.peer_certificate,) if facts.peer_certificate else ()),
             tls_error=facts.tls_error, requiretls_offered=facts.requiretls_offered)
-        verdict = self.message.check_connection(facts.domain, facts.mx,
-                                                MXLevel(int(facts.mx_level)), ours)
-        return type(facts.tls_level)(int(verdict.tls_level))
+        verdict = self.message.check_connection(facts.domain, facts.mx, facts.mx_level, ours)
+        return verdict.tls_level
 
     def close(self) -> None:
         self.message.close()

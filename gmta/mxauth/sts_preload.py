@@ -35,10 +35,11 @@ import gmta.log
 from gmta.config.reader import Bool, Directive, String
 from gmta.durable import in_threadpool
 from gmta.mxauth.https import FetchError, https_get, verifying_context
-from gmta.mxauth.levels import MXLevel, TLSLevel, refusal
 from gmta.mxauth.policy import Policy, register_policy
+from gmta.mxauth.refusal import refusal
 from gmta.mxauth.sts_policy import mx_matches
 from gmta.net.dns import resolver_for
+from gmta.target.security import MXLevel, TLSLevel
 
 log = gmta.log.get("mx_auth.sts_preload")
 

@@ -21,6 +21,7 @@ and the client is then unusable. A negative reply to a command is an ordinary
 
 from __future__ import annotations
 
+import ipaddress
 import socket as _stdlib_socket
 import ssl
 from collections.abc import Iterable, Mapping
@@ -137,7 +138,7 @@ class SMTPClient:
         timer = gevent.Timeout(timeout or self.command_timeout)
         timer.start()
         try:
-            self.sock.sendall(data)
+            _send_all(self.sock, data)
         except gevent.Timeout as expired:
             if expired is not timer:
                 raise
@@ -318,7 +319,8 @@ class SMTPClient:
         """Send the message: DATA (dot-stuffed) or BDAT when CHUNKING is offered.
 
         Returns the final replies: one for SMTP, one per accepted recipient for LMTP
-        (each Response names its recipient). Raises the server's error when it
+        (each Response names its recipient; fewer when the connection broke after
+        some, which the caller must treat as not delivered). Raises the server's error when it
         refuses DATA or a non-final BDAT chunk. *chunking* None means "when offered".
         """
         if chunking is None:
@@ -356,7 +358,15 @@ class SMTPClient:
         count = self.machine.awaiting_replies
         responses = []
         for _ in range(count):
-            response = self.read_response(self.submission_timeout)
+            try:
+                response = self.read_response(self.submission_timeout)
+            except ConnectionFailed:
+                # RFC 2033 §4.2: each LMTP reply is one recipient's final answer. Those
+                # read before the connection broke stand (a recipient delivered is not
+                # sent again); the caller fails the ones without a reply.
+                if self.lmtp and responses:
+                    return responses
+                raise
             responses.append(response)
             if not self.usable and response.reply.code == 421:
                 break
@@ -369,6 +379,31 @@ class SMTPClient:
     def noop(self) -> None:
         self._command(self.machine.noop())
         self._expect(self.read_response(), 250)
+
+    def quiet_while_idle(self) -> bool | None:
+        """Whether an idle plaintext session still looks open, without a round trip.
+
+        An idle server says nothing (RFC 5321 §4.1.1: the client speaks first), so
+        any byte waiting — a ``421`` before an idle timeout — or the end of the
+        stream means the session is over. A peek does not consume what it finds.
+        None when it cannot tell (TLS: the waiting bytes are records, and a
+        close_notify is not an end of stream): ask with NOOP instead.
+        """
+        if not self.usable or self.sock is None:
+            return False
+        if self.tls is not None or self.machine.awaiting:
+            return None
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0.0)   # gevent: a non-blocking call never waits
+        try:
+            self.sock.recv(1, _stdlib_socket.MSG_PEEK)
+        except BlockingIOError:
+            return True   # nothing waiting: the server is quiet, as it should be
+        except OSError:
+            return False
+        finally:
+            self.sock.settimeout(timeout)
+        return False      # b"" (closed) or unsolicited bytes
 
     # --- The end. -----------------------------------------------------------------------
 
@@ -401,6 +436,18 @@ def _failed(stage: str, reply: Reply, peer: str) -> ConnectionFailed:
     code = reply.code if reply.code >= 400 else 451
     enhanced = reply.enhanced if reply.code >= 400 else (4, 5, 0)
     return ConnectionFailed(stage, code, enhanced, reply.text or f"{stage} failed at {peer}")
+
+
+def _send_all(sock, data: bytes) -> None:
+    """``sendall`` without gevent's per-call ``getsockopt(SO_SNDBUF)``: a command
+    or a piece of content almost always goes out in one ``send``; when the
+    buffer is full, ``send`` waits for the socket in the hub (the caller's
+    timer bounds it)."""
+    sent = sock.send(data)
+    if sent < len(data):
+        view = memoryview(data)[sent:]
+        while view:
+            view = view[sock.send(view):]
 
 
 def _close(sock) -> None:
@@ -465,6 +512,27 @@ def _dial(address: Endpoint | tuple[str, int], local_address: str | None):
         return sock
     host, port = (address.host, address.port) if isinstance(address, Endpoint) else address
     source = (local_address, 0) if local_address else None
-    sock = socket.create_connection((host, port), source_address=source)
+    family = _literal_family(host)
+    if family is None:
+        sock = socket.create_connection((host, port), source_address=source)
+    else:
+        # An address needs no resolver: gevent's would make a trip to its
+        # threadpool for each connection (every MX address is a literal).
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if source is not None:
+                sock.bind(source)
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def _literal_family(host: str) -> int | None:
+    """AF_INET or AF_INET6 for an IP address literal, None for a name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None

@@ -28,23 +28,30 @@ from gmta.config.values import Endpoint
 
 BACKLOG = 1024
 
-#: Listening sockets inherited from the supervisor: configured address → descriptor.
+#: Listening sockets inherited from the supervisor: adoption_key → descriptor.
 _adopted: dict[str, int] = {}
 
 
-def adopt(address: str, fd: int) -> None:
-    """Serve *address* (as written in the config) on the inherited listening socket *fd*."""
-    _adopted[address] = fd
+def adoption_key(address, owner: str = "") -> str:
+    """The name of an inherited socket: the block that listens (*owner*, its instance
+    name) and the address as written in the config. The address alone is not enough:
+    two blocks may each listen on ``tcp://127.0.0.1:0``, which are two ports."""
+    return f"{owner} {address}" if owner else str(address)
 
 
-def is_adopted(address) -> bool:
-    """Whether *address* is served on an inherited socket (a worker of ``workers N``)."""
-    return str(address) in _adopted
+def adopt(key: str, fd: int) -> None:
+    """Serve the address named *key* (:func:`adoption_key`) on the inherited socket *fd*."""
+    _adopted[key] = fd
 
 
-def bind(endpoint: Endpoint) -> socket.socket:
-    """A listening socket for *endpoint*; raises OSError with a clear message."""
-    fd = _adopted.get(str(endpoint))
+def is_adopted(address, owner: str = "") -> bool:
+    """Whether *owner*'s *address* is served on an inherited socket (``workers N``)."""
+    return adoption_key(address, owner) in _adopted
+
+
+def bind(endpoint: Endpoint, owner: str = "") -> socket.socket:
+    """A listening socket for *owner*'s *endpoint*; raises OSError with a clear message."""
+    fd = _adopted.get(adoption_key(endpoint, owner))
     if fd is not None:
         # A duplicate, so that closing it (stop, or a reload binding again)
         # leaves the inherited descriptor for the next bind.

@@ -8,7 +8,8 @@ between processes (DESIGN §4.4–§4.5):
 2. deliver the pending recipients whose attempt is due, one attempt;
 3. write the per-recipient results durably — *before* any DSN, so a crash
    after a DSN never repeats the delivery nor, except for that DSN, the
-   notification (maddy issue #328);
+   notification (maddy issue #328). A pass that leaves nothing to deliver and
+   nothing to report skips this write: the removal (5) records it;
 4. send the DSNs the results call for (:mod:`gmta.queue.notify`), record that;
 5. remove the entry when nothing is left to deliver or report.
 
@@ -34,6 +35,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: How long to wait before trying again an entry someone else has locked.
 BUSY_RETRY = 5.0
+
+
+#: What a recipient gets when the target gave it no result: deferred, never
+#: "delivered" (it may not have been sent) nor failed (it may be deliverable).
+NO_RESULT = SMTPError(451, (4, 3, 0), "The delivery target gave no result for this "
+                                      "recipient, will retry")
 
 
 def internal_error(error: BaseException) -> SMTPError:
@@ -68,29 +75,43 @@ def deliver_once(target, record: QueuedMessage, header: bytes, body,
                 results[r.address] = internal_error(e)
         if not accepted:
             delivery.abort()
-            return results
+            return _complete(results, pending)
         body_results = _outcomes(lambda: delivery.body(header, body), accepted, log, record)
         results.update({a: e for a, e in body_results.items() if e is not None})
         ok = [a for a in accepted if body_results[a] is None]
         if not ok:
             delivery.abort()
-            return results
+            return _complete(results, pending)
         results.update(_outcomes(delivery.commit, ok, log, record))
-        return results
+        return _complete(results, pending)
     except BaseException:
         # Killed (shutdown) or a bug in this function: the target must not keep half a message.
         _abort(delivery, log, record)
         raise
 
 
+def _complete(results: dict[str, SMTPError | None], pending) -> dict[str, SMTPError | None]:
+    """Every pending recipient leaves the attempt with a result of its own (DESIGN §4.4)."""
+    for r in pending:
+        results.setdefault(r.address, NO_RESULT)
+    return results
+
+
 def _outcomes(call, rcpts: list[str], log, record) -> dict[str, SMTPError | None]:
     try:
         call()
     except PartialDeliveryError as e:
-        # A recipient the target forgot to report is treated like the summary
-        # (temporary if any was): retrying it is the safe side.
-        return {a: e.results[a] if a in e.results else SMTPError(e.code, e.enhanced, e.text)
-                for a in rcpts}
+        # A recipient the target forgot to report, or reported with something
+        # that is not an answer, is deferred: retrying it is the safe side
+        # (the summary's code could be permanent, and bounce deliverable mail).
+        outcomes = {}
+        for a in rcpts:
+            outcome = e.results.get(a, NO_RESULT)
+            if outcome is not None and not isinstance(outcome, SMTPError):
+                _log_internal(log, record, TypeError(f"result {outcome!r} for {a}"))
+                outcome = NO_RESULT
+            outcomes[a] = outcome
+        return outcomes
     except Exception as e:
         _log_internal(log, record, e)
         return {a: internal_error(e) for a in rcpts}
@@ -209,15 +230,25 @@ class Attempt:
                 record.next_attempt = next_attempt_time(
                     record.last_attempt, [r.tries for r in pending],
                     queue.initial_retry_time, queue.retry_time_scale)
-        if changed:
+        if changed and (record.pending() or queue.notifier.would_send(record)):
             # Step 3 of the module docstring: results durable before any DSN.
             in_threadpool(self.spool.write, lock, record)
+        # Otherwise this pass finishes the entry and nobody is to be told: step 5's
+        # removal is the record of the results, and writing them first would cost
+        # two more flushes per message for nothing. A crash before the removal is
+        # durable leaves the old record, which redelivers: the one window DESIGN §4.4
+        # allows, no wider than with the write (a crash before its fsync does the same).
         if queue.notifier.notify(record):
             changed = True
             if not record.finished:
                 in_threadpool(self.spool.write, lock, record)
         if record.finished:
-            in_threadpool(self.spool.remove, lock)
+            # The unlinks and the release of the lock in the threadpool (one trip),
+            # then one fsync of msg/ shared with the other removals and
+            # publications meanwhile (group commit). Once unlinked, the entry
+            # cannot be locked again, so the lock need not wait for the fsync.
+            in_threadpool(self.spool.remove_and_release, lock)
+            queue.msg_dir_sync.sync()
             self.log.info("done", queue_id=record.id, msg_id=record.msg_id,
                           delivered=sum(r.state == DELIVERED for r in record.recipients),
                           failed=sum(r.state == FAILED for r in record.recipients))

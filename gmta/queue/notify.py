@@ -52,6 +52,17 @@ class Notifier:
             return record.arrival + self.queue.delay_warning
         return None
 
+    def would_send(self, record: QueuedMessage) -> bool:
+        """Whether :meth:`notify` would now hand any report to the bounce pipeline."""
+        if not self.enabled or not record.mail_from:
+            return False
+        for state, kind in ((FAILED, "FAILURE"), (DELIVERED, "SUCCESS")):
+            if any(r.state == state and not r.reported and wants(r, kind)
+                   for r in record.recipients):
+                return True
+        warning = self.delay_warning_due(record)
+        return warning is not None and warning <= time.time()
+
     def notify(self, record: QueuedMessage) -> bool:
         """Send what is due; returns whether *record* changed (to be written)."""
         now = time.time()

@@ -44,7 +44,8 @@ WINDOW = 10000
 WAKEUP_POLL = 1.0
 RESCAN_INTERVAL = 300.0
 SCAN_BATCH = 256
-#: How long stop() lets running attempts finish before killing them.
+#: How long stop() lets running attempts finish before killing them, when the
+#: configuration says nothing (gmta run gives the endpoints' shutdown_timeout).
 STOP_GRACE = 10.0
 
 
@@ -151,7 +152,14 @@ class Scheduler:
     def _woken(self, entry_id: str) -> None:
         self.schedule(entry_id, time.time())
 
-    def stop(self) -> None:
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Dispatch no more; running attempts get *grace* seconds, then are cut.
+
+        A cut attempt records nothing: its entry's lock is released with the
+        greenlet and its recipients stay pending, to be retried (the remote
+        side never acknowledged what was cut, except in the instant between
+        its reply and our record: the one duplicate DESIGN §4.4 allows).
+        """
         if self._wakeups is not None:
             self._wakeups.stop()
             self._wakeups = None
@@ -159,7 +167,7 @@ class Scheduler:
             greenlet.kill(block=True, timeout=2)
         # Attempts see queue.stopping and start no new delivery; let running
         # ones record their results.
-        self.pool.join(timeout=STOP_GRACE)
+        self.pool.join(timeout=grace)
         self.pool.kill(block=True, timeout=2)
 
     def _dispatch(self) -> None:

@@ -185,7 +185,8 @@ class Spool:
 
     def publish_renames(self, staged: Staged) -> list[tuple[str, str]]:
         """Steps 3–4 of :meth:`publish`, as (source, destination) in their order, for a
-        caller that makes them durable itself (``DirectorySync`` over ``msg/``)."""
+        caller that makes them durable itself (``DirectorySync`` over ``msg/``, which
+        renames them in the pool just before its fsync)."""
         entry_id = staged.id
         # Step 3: the message file first. Crash after it: msg/ID.msg without
         # ID.meta, an orphan; recovery (which needs the lock, released by the
@@ -197,14 +198,20 @@ class Spool:
         return [(os.path.join(self.tmp_dir, entry_id + ".msg"), self.msg_path(entry_id)),
                 (os.path.join(self.tmp_dir, entry_id + ".meta"), self.meta_path(entry_id))]
 
-    def publish(self, staged: Staged) -> None:
-        """Steps 3–5: rename both files into ``msg/`` and fsync it; then a 250 may go out."""
+    def publish(self, staged: Staged, sync_dir: bool = True) -> None:
+        """Steps 3–5: rename both files into ``msg/`` and fsync it; then a 250 may go out.
+
+        With ``sync_dir=False`` the caller does step 5 itself and calls
+        :meth:`unpublish` if that sync fails. (The daemon does steps 3–5 in one
+        group commit for every message published meanwhile: :meth:`publish_renames`.)
+        """
         try:
             for source, destination in self.publish_renames(staged):
                 os.rename(source, destination)
             # Step 5: make both renames durable. Only after this returns may the
             # client hear 250 (DESIGN §4.1).
-            fsync_dir(self.msg_dir)
+            if sync_dir:
+                fsync_dir(self.msg_dir)
         except BaseException:
             self.unpublish(staged)
             raise
@@ -217,7 +224,7 @@ class Spool:
             _unlink_quietly(self.meta_path(entry_id))
             _unlink_quietly(self.msg_path(entry_id))
         finally:
-            self.discard(staged)
+            self.discard(staged)   # the files left in tmp/, and the lock
 
     def discard(self, staged: Staged) -> None:
         """Forget a staged message (the transaction was aborted or failed)."""
@@ -307,15 +314,33 @@ class Spool:
             raise
         fsync_dir(self.msg_dir)
 
-    def remove(self, lock: EntryLock) -> None:
+    def remove(self, lock: EntryLock, sync_dir: bool = True) -> None:
         """Delete the entry (the caller holds *lock*): record first, then the message.
 
         Crash between the two unlinks: an orphan ``ID.msg``, which recovery
         deletes. The reverse order could leave a record without its message.
+        With ``sync_dir=False`` the caller makes the removal durable (the
+        daemon's group commit); until then a crash may bring the entry back.
         """
         _unlink_quietly(self.meta_path(lock.id))
         _unlink_quietly(self.msg_path(lock.id))
-        fsync_dir(self.msg_dir)
+        if sync_dir:
+            fsync_dir(self.msg_dir)
+
+    def remove_and_release(self, lock: EntryLock) -> None:
+        """:meth:`remove` without the directory sync, then release *lock*.
+
+        Releasing before the removal is durable is safe: once the names are
+        gone no one can lock the entry again (:meth:`try_lock` sees a
+        descriptor opened before the unlink has no link left), and a crash
+        before the sync brings the entry back unlocked either way. Closing
+        the last descriptor of the unlinked ``ID.msg`` frees its inode and
+        blocks: done here, in the threadpool, not in the hub.
+        """
+        try:
+            self.remove(lock, sync_dir=False)
+        finally:
+            lock.release()
 
     def move_to_corrupt(self, entry_id: str, reason: str) -> None:
         """Move what exists of an entry to ``corrupt/`` with a ``.reason`` file."""

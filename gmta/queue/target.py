@@ -28,7 +28,7 @@ from gmta.queue.census import QueueGauges
 from gmta.queue.notify import Notifier
 from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.schedule import DEFAULT_INITIAL_RETRY_TIME, DEFAULT_RETRY_TIME_SCALE
-from gmta.queue.scheduler import Scheduler
+from gmta.queue.scheduler import STOP_GRACE, Scheduler
 from gmta.queue.store import Spool, Staged, new_id
 from gmta.queue.wakeup import WakeupSender
 
@@ -96,15 +96,17 @@ class QueueDelivery:
         queue = self.queue
         staged = self.staged
         try:
-            # Steps 3–5 of the commit order (gmta.queue.store): both renames, then
-            # one fsync of msg/ shared with the commits that finish together.
+            # Steps 3–5 of the commit order (gmta.queue.store): both renames, made in
+            # the pool just before one fsync of msg/ shared with every commit that
+            # finishes meanwhile (group commit), before the 250.
             queue.msg_dir_sync.sync(queue.spool.publish_renames(staged))
         except OSError as e:
             self.staged = None
             try:
                 in_threadpool(queue.spool.unpublish, staged)  # and releases the lock
-            except OSError:
-                pass  # recovery removes what is left: the lock is gone with the descriptor
+            except OSError as undo_error:
+                queue.log.error("store_failed", msg_id=self.meta.id, step="unpublish",
+                                error=undo_error.strerror or str(undo_error))
             queue.log.error("store_failed", msg_id=self.meta.id, step="publish",
                             error=e.strerror or str(e))
             raise STORE_FAILED from None
@@ -189,7 +191,7 @@ class QueueTarget(Module):
         self.delay_warning = cfg.delay_warning
         self.log = gmta.log.get("queue", debug=cfg.debug)
         self.spool = Spool(location)
-        #: Commits that finish together share one fsync of msg/ (group commit).
+        #: Group commit of msg/ for publishing and removing entries (DESIGN §4.1).
         self.msg_dir_sync = DirectorySync(self.spool.msg_dir)
         self.notifier = Notifier(self)
         self.scheduler = Scheduler(self)
@@ -207,6 +209,8 @@ class QueueTarget(Module):
         #: scheduler runs until take_over() retires it.
         self.predecessor: QueueTarget | None = None
         self._taking_over: gevent.Greenlet | None = None
+        #: What running attempts get on stop (stop_grace(): the endpoints' shutdown_timeout).
+        self.grace = STOP_GRACE
 
     def start_delivery(self, meta: MessageMeta, mail_from: str) -> QueueDelivery:
         return QueueDelivery(self, meta, mail_from)
@@ -229,6 +233,9 @@ class QueueTarget(Module):
         self.log.info("queue_started", queue=self.instance_name, location=self.location,
                       scheduler="here" if self.schedules else "worker 0")
 
+    def stop_grace(self, timeout: float) -> None:
+        self.grace = timeout
+
     def stop(self) -> None:
         self.stopping = True
         self.gauges.untrack()
@@ -238,12 +245,12 @@ class QueueTarget(Module):
             self._taking_over.kill(block=True, timeout=5)
             if self.predecessor is not None:
                 self.predecessor.stopping = True
-                self.predecessor.scheduler.stop()
+                self.predecessor.scheduler.stop(self.grace)
         if self.wakeup_sender is not None:
             self.wakeup_sender.close()
             self.wakeup_sender = None
         if self.schedules and not self.scheduler.retired:
-            self.scheduler.stop()
+            self.scheduler.stop(self.grace)
         # else: reloaded, the successor runs this directory and waits (up to
         # shutdown_timeout) for the attempts still running here; they are not
         # cut short because the old configuration's sessions have ended.

@@ -16,7 +16,10 @@ Bounds and clean-up:
   does much sooner, maddy #693). A reaper greenlet says QUIT to each idle
   session *before* it reaches that age, so none is ever found dead;
 - a session taken out is checked with NOOP first (RFC 5321 §4.1.1.9); one that
-  does not answer 250 is closed and the next is tried.
+  does not answer 250 is closed and the next is tried. With ``check_after``, a
+  plaintext session idle for less than that is only peeked at
+  (``SMTPClient.quiet_while_idle``: a server that hung up or sent a ``421``
+  shows without a round trip), which saves a command per message under load.
 
 Closing says QUIT (bounded by the client's QUIT timeout) and never raises.
 """
@@ -31,6 +34,7 @@ from typing import Any
 import gevent
 
 import gmta.log
+from gmta.config.values import parse_duration
 from gmta.errors import SMTPError
 
 #: The reaper runs at least this often; a session is closed when it would pass
@@ -54,12 +58,14 @@ class ConnectionCache:
     """Idle sessions by key. *connection* objects have a ``client`` (an SMTPClient)."""
 
     def __init__(self, *, max_idle_per_key: int, max_idle_time: float,
-                 max_idle_total: int = DEFAULT_MAX_IDLE_TOTAL,
+                 max_idle_total: int = DEFAULT_MAX_IDLE_TOTAL, check_after: float = 0.0,
                  clock: Callable[[], float] = time.monotonic,
                  log: gmta.log.EventLogger | None = None):
         self.max_idle_per_key = max_idle_per_key
         self.max_idle_time = max_idle_time
         self.max_idle_total = max_idle_total
+        #: Sessions idle at least this long get a NOOP; younger ones only a peek.
+        self.check_after = check_after
         self.clock = clock
         self.log = log or gmta.log.get("conncache")
         # Oldest first, over every key (for the global bound and the reaper);
@@ -90,9 +96,18 @@ class ConnectionCache:
             if entry is None:
                 return None
             client = entry.connection.client
-            if not client.usable or self.clock() - entry.since >= self.max_idle_time:
+            idle = self.clock() - entry.since
+            if not client.usable or idle >= self.max_idle_time:
                 self._close(entry, "expired")
                 continue
+            quiet = client.quiet_while_idle() if idle < self.check_after else None
+            if quiet is False:
+                self.log.debug("cached_session_dead", key=_key_text(key), peer=client.peer,
+                               reply="closed or spoke while idle")
+                client.close()
+                continue
+            if quiet:
+                return entry.connection
             try:
                 client.noop()   # the health check: is the session still there?
             except SMTPError as error:
@@ -182,3 +197,13 @@ def _key_text(key: Hashable) -> str:
     if isinstance(key, tuple):
         return "/".join(str(part) for part in key)
     return str(key)
+
+
+def parse_idle_time(node, ctx) -> float:
+    """``conn_max_idle_time``: maddy takes seconds as an integer (``150``); gmta also
+    takes a duration (``2m30s``)."""
+    if node.children is not None or not node.args:
+        raise ValueError("expected seconds (150) or a duration (2m30s)")
+    if len(node.args) == 1 and node.args[0].isdigit():
+        return float(int(node.args[0]))
+    return parse_duration(node.args)

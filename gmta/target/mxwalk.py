@@ -163,9 +163,7 @@ class Walk:
 
     def admit_mx(self, candidate: MXCandidate) -> MXLevel:
         """The MX level of *candidate* after the policies; SMTPError to skip it."""
-        # The policies may answer with their own IntEnum (gmta.mxauth's levels):
-        # the facts keep this layer's, whose str() the logs and DSNs show.
-        level = MXLevel(int(self.policy.check_mx(candidate, MXLevel.NONE)))
+        level = self.policy.check_mx(candidate, MXLevel.NONE)
         if self.requiretls and level < MXLevel.MTASTS:
             # RFC 8689 §4.2.1: the MX must be authenticated (MTA-STS or DNSSEC),
             # maddy's rule; without mx_auth no MX ever is.
@@ -175,7 +173,7 @@ class Walk:
 
     def admit_connection(self, facts: ConnectionFacts) -> ConnectionFacts:
         """*facts* with the policies' TLS level; SMTPError to refuse the connection."""
-        level = TLSLevel(int(self.policy.check_conn(facts)))
+        level = self.policy.check_conn(facts)
         facts = replace(facts, tls_level=level)
         if self.requiretls:
             if level < TLSLevel.AUTHENTICATED:

@@ -14,7 +14,9 @@ Per message (one :class:`RemoteDelivery`):
   recipient's answer. A domain that could not be reached answers the same for
   each of its recipients without trying again;
 - ``body`` sends the content to every domain's session in parallel (bounded)
-  and gives one result per recipient: its domain's;
+  and gives one result per accepted recipient: its domain's. A domain whose
+  session broke at a later RCPT gets no content; the recipients it had
+  accepted fail temporarily (never "delivered", never a bounce);
 - ``commit``/``abort`` give healthy sessions back to the cache
   (gmta.target.conncache), close the others, and release every limit.
 
@@ -38,7 +40,6 @@ from gmta.buffer import Buffer
 from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, ModuleRef
 from gmta.config.tls import TLSClientConfig, parse_client_tls
-from gmta.config.values import parse_duration
 from gmta.delivery import MessageMeta, PartialDeliveryError, tls_required_no
 from gmta.errors import SMTPError
 from gmta.limits import UNLIMITED, Lease, domain_of
@@ -46,7 +47,7 @@ from gmta.net import client as smtp_client
 from gmta.net.dns import resolver_for
 from gmta.net.tls import client_context
 from gmta.proto.grammar import domain_to_ascii
-from gmta.target.conncache import ConnectionCache
+from gmta.target.conncache import ConnectionCache, parse_idle_time
 from gmta.target.envelope import (check_content, content_pieces, mail_parameters, peer_ip,
                                   rcpt_parameters, server_address, temporary_552)
 from gmta.target.mxwalk import DialSettings, MXConnection, Walk, reuse_check
@@ -56,6 +57,9 @@ from gmta.target.security import NO_POLICY, DeliveryPolicy, Policy
 MAX_PARALLEL_DOMAINS = 16
 #: Recipient domains of one message (each holds a session while the message is open).
 MAX_DOMAINS_PER_MESSAGE = 256
+#: Beyond the client's own timeouts (two commands and the content's reply): when a
+#: domain's content transfer is given up although the client did not time out.
+SEND_DEADLINE_MARGIN = 30.0
 
 QUARANTINED = SMTPError(550, (5, 7, 0), "Refusing to deliver a quarantined message")
 
@@ -63,6 +67,18 @@ QUARANTINED = SMTPError(550, (5, 7, 0), "Refusing to deliver a quarantined messa
 def remote_error(mx: str, error: SMTPError) -> SMTPError:
     """A server's refusal, with its name in the text so a DSN says who refused."""
     return SMTPError(error.code, error.enhanced, f"{mx} said: {error.text}", misc=error.misc)
+
+
+def session_lost(group: "DomainDelivery") -> SMTPError:
+    """The answer for recipients a session accepted before it broke at a later RCPT.
+
+    Always temporary: the server took them, only the session was lost (a
+    permanent code there would bounce mail another attempt can deliver).
+    """
+    error = group.error
+    code, enhanced = (error.code, error.enhanced) if error.temporary else (451, (4, 4, 2))
+    return SMTPError(code, enhanced, f"The session with {group.mx} broke before the content "
+                                     f"was sent: {error.text}", misc=error.misc)
 
 
 class DomainDelivery:
@@ -161,22 +177,36 @@ class RemoteDelivery:
             # Known only now: the sessions were set up under the policies already,
             # so the header cannot relax them for this attempt (as maddy documents).
             self.log.info("tls_required_no_too_late", msg_id=self.meta.id)
+        # Every recipient add_rcpt accepted gets a result here (DESIGN §4: a
+        # recipient without one could be taken for delivered). A domain whose
+        # session broke at a later RCPT never gets the content: the recipients
+        # it had accepted failed, temporarily.
+        results: dict[str, SMTPError | None] = {}
+        for group in self.domains.values():
+            if group.error is not None and group.rcpts:
+                lost = session_lost(group)
+                self.log.info("rcpts_not_sent", msg_id=self.meta.id, domain=group.domain,
+                              mx=group.mx, rcpts=len(group.rcpts), reply=str(lost))
+                metrics.count_target(self.target.instance_name, group.rcpts.values(), lost)
+                results.update(dict.fromkeys(group.rcpts.values(), lost))
         groups = [g for g in self.domains.values() if g.rcpts and g.error is None]
-        if not groups:
+        if not groups and not results:
             raise SMTPError(554, (5, 5, 1), "No valid recipients")
         pool = gevent.pool.Pool(MAX_PARALLEL_DOMAINS)
         jobs = {group.domain: pool.spawn(self._send, group, header, body) for group in groups}
-        deadline = self.target.command_timeout * 2 + self.target.submission_timeout + 30
+        deadline = (self.target.command_timeout * 2 + self.target.submission_timeout
+                    + SEND_DEADLINE_MARGIN)
         try:
             gevent.joinall(list(jobs.values()), timeout=deadline)
         finally:
             for job in jobs.values():
                 if not job.ready():
                     job.kill(block=True, timeout=5)
-        results: dict[str, SMTPError | None] = {}
         for group in groups:
             job = jobs[group.domain]
-            if job.successful():
+            # A job killed at the deadline "succeeds" with a GreenletExit as its
+            # value (gevent's rule): only None or an SMTPError is an answer.
+            if job.successful() and (job.value is None or isinstance(job.value, SMTPError)):
                 error = job.value
             else:
                 error = SMTPError(451, (4, 4, 2), f"Delivery to {group.mx} did not finish")
@@ -300,15 +330,6 @@ class RemoteDelivery:
     def _close(self, group: DomainDelivery) -> None:
         if group.connection is not None:
             group.connection.client.close()
-
-
-def parse_idle_time(node, ctx) -> float:
-    """maddy takes seconds as an integer (``150``); gmta also takes a duration (``2m30s``)."""
-    if node.children is not None or not node.args:
-        raise ValueError("expected seconds (150) or a duration (2m30s)")
-    if len(node.args) == 1 and node.args[0].isdigit():
-        return float(int(node.args[0]))
-    return parse_duration(node.args)
 
 
 def parse_local_ip(node, ctx) -> str:

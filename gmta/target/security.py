@@ -28,10 +28,12 @@ per connection         ``check_conn(facts)``               raise the TLS level; 
 end of message         ``close()``                         release what ``start`` took
 =====================  =================================  ============================
 
-The policies arrive with ``gmta/mxauth`` (issue 8): the ``mx_auth`` module's
-instances provide :class:`Policy`. Until then :data:`NO_POLICY` is used, which
-changes nothing. Everything here is pure: no I/O, so the levels and the hook
-are tested without a network.
+The policies are ``gmta/mxauth``'s: the ``mx_auth`` module's instances provide
+:class:`Policy`; without ``mx_auth`` :data:`NO_POLICY` is used, which changes
+nothing. The level enums defined here are the only ones: ``gmta.mxauth`` (below
+this layer in DESIGN §3) uses them too, so levels pass both ways unconverted.
+Everything here is pure: no I/O, so the levels and the hook are tested without
+a network.
 """
 
 from __future__ import annotations
@@ -46,26 +48,32 @@ if TYPE_CHECKING:  # pragma: no cover
     from gmta.net.mx import MXHost, MXList
 
 
-class MXLevel(enum.IntEnum):
+class _Ladder(enum.IntEnum):
+    """A security level: compared with ``<`` and ``max()``, shown as its configuration word."""
+
+    @property
+    def word(self) -> str:
+        """The configuration word, such as ``mtasts`` or ``encrypted``."""
+        return self.name.lower()
+
+    def __str__(self) -> str:   # logs, texts and DSNs show the word, not the number
+        return self.word
+
+
+class MXLevel(_Ladder):
     """How authentic the MX is; compare with ``<``."""
 
     NONE = 0
     MTASTS = 1
     DNSSEC = 2
 
-    def __str__(self) -> str:
-        return self.name.lower()
 
-
-class TLSLevel(enum.IntEnum):
+class TLSLevel(_Ladder):
     """How protected the connection is; compare with ``<``."""
 
     NONE = 0
     ENCRYPTED = 1
     AUTHENTICATED = 2
-
-    def __str__(self) -> str:
-        return self.name.lower()
 
 
 def parse_level(enum_type, text: str):

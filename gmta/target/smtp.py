@@ -1,10 +1,20 @@
 """``target.smtp`` and ``target.lmtp``: transparent forwarding to one SMTP or LMTP server.
 
 Spec: target-smtp-lmtp.md; maddy-behaviour §2.6 (seed 003 semantics, DESIGN §1.3).
-One new connection per message, as maddy: the session is opened and MAIL sent
-when the delivery starts, each RCPT is relayed when the recipient is added (so
-the downstream's answer for that recipient reaches the upstream client), the
-content goes at ``body()``, and ``commit()`` says QUIT.
+The session is taken when the delivery starts and MAIL sent at once, each
+RCPT is relayed when the recipient is added (so the downstream's answer for
+that recipient reaches the upstream client), the content goes at ``body()``.
+
+Sessions are reused (a gmta addition: maddy opens one per message), through
+the cache target.remote uses (gmta.target.conncache): after a message the
+session waits idle for the next one with the same *key* — the identity it
+authenticated as under ``auth forward`` and whether the message needs
+REQUIRETLS — so a session authenticated as one user never carries another
+user's mail. At most ``conn_reuse_limit`` transactions per session, never after
+a failed content transfer, RSET after an unfinished transaction (RFC 5321
+§4.1.1.5). A reused session that turns out to be dead at MAIL (closed, or a
+421, RFC 5321 §3.8) is replaced once by a new one, so a server's idle timeout
+never fails a message.
 
 The addresses in ``targets`` are tried in order; the next one is tried only
 when a connection cannot be set up (connect, greeting, EHLO, TLS), never on a
@@ -25,7 +35,8 @@ import gmta.log
 from gmta import metrics
 from gmta.buffer import Buffer
 from gmta.config.module import Module, register
-from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Endpoints, ModuleRef
+from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Endpoints, Int,
+                                ModuleRef)
 from gmta.config.tls import TLSClientConfig, parse_client_tls
 from gmta.config.values import Endpoint, parse_endpoint
 from gmta.delivery import MessageMeta, PartialDeliveryError
@@ -35,11 +46,24 @@ from gmta.net import client as smtp_client
 from gmta.net.client import ConnectionFailed, SMTPClient
 from gmta.net.tls import client_context
 from gmta.proto.grammar import domain_to_ascii
+from gmta.target.conncache import ConnectionCache, parse_idle_time
 from gmta.target.envelope import (check_content, content_pieces, mail_parameters, peer_ip,
                                   rcpt_parameters, server_address, temporary_552)
 
 AUTH_REQUIRED = SMTPError(530, (5, 7, 0), "Authentication is required")
 TLS_UNAVAILABLE = (4, 7, 10)   # RFC 5248: X.7.10 "Encryption needed"
+#: A cached session idle for less than this is only peeked at before reuse
+#: (SMTPClient.quiet_while_idle); an older one is asked with NOOP.
+CHECK_AFTER = 2.0
+
+
+class Session:
+    """A downstream session as the connection cache keeps it."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: SMTPClient):
+        self.client = client
 
 
 def parse_auth(node, ctx) -> tuple[str, str, str]:
@@ -73,6 +97,8 @@ class ForwardDelivery:
         self.rcpts: dict[str, str] = {}
         self.smtputf8 = False
         self.declared_8bit = False
+        #: Sending the content failed: the session is never reused (maddy's rule).
+        self.content_failed = False
         self.done = False
 
     @property
@@ -86,8 +112,22 @@ class ForwardDelivery:
         client_ip = peer_ip(self.meta.conn.get("peer", ""))
         self.leases.append(target.limits.take(ip=client_ip, source=domain_of(self.mail_from)))
         try:
-            self.client = target.open_session(self.meta, self.session_id)
-            self._mail()
+            self.client, reused = target.session_for(self.meta, self.session_id)
+            # The log lines of this message name the session that carries it.
+            self.session_id = self.client.session_id or self.session_id
+            try:
+                self._mail()
+            except ConnectionFailed:
+                if not reused:
+                    raise
+                # The server dropped the idle session as we used it: one new one.
+                self.log.info("cached_session_lost", msg_id=self.meta.id,
+                              session=self.session_id, target=self.client.peer)
+                self.client.close()
+                self.client = None
+                self.session_id = secrets.token_hex(6)
+                self.client = target.open_session(self.meta, self.session_id)
+                self._mail()
         except BaseException:
             self.abort()
             raise
@@ -106,6 +146,9 @@ class ForwardDelivery:
         except SMTPError as error:
             self.log.info("mail_refused", msg_id=self.meta.id, session=self.session_id,
                           target=client.peer, reply=str(error))
+            if not client.usable and not isinstance(error, ConnectionFailed):
+                # A 421 (RFC 5321 §3.8): the session is over, not the message refused.
+                raise ConnectionFailed("mail", error.code, error.enhanced, error.text) from None
             raise
 
     def _requiretls(self, params: dict) -> None:
@@ -146,7 +189,11 @@ class ForwardDelivery:
         try:
             self._send_body(header, body)
         except SMTPError as error:
+            self.content_failed = True
             metrics.count_target(self.target.instance_name, self.rcpts.values(), error)
+            raise
+        except BaseException:
+            self.content_failed = True
             raise
         metrics.count_target(self.target.instance_name, self.rcpts.values())
 
@@ -200,19 +247,21 @@ class ForwardDelivery:
         raise PartialDeliveryError(results)
 
     def commit(self) -> None:
-        self._finish()
+        self._finish(clean=True)
 
     def abort(self) -> None:
-        self._finish()
+        self._finish(clean=False)
 
-    def _finish(self) -> None:
+    def _finish(self, clean: bool) -> None:
         if self.done:
             return
         self.done = True
         client, self.client = self.client, None
         try:
-            if client is not None:
+            if client is not None and self.content_failed:
                 client.quit()
+            elif client is not None:
+                self.target.give_back(self.meta, client, clean=clean)
         finally:
             for lease in self.leases:
                 lease.release()
@@ -247,6 +296,12 @@ class SMTPTarget(Module):
         Directive("debug", Bool(), False, inherit_global=True, doc="log the SMTP dialogue"),
         Directive("limits", ModuleRef("limits", block_module="limits"),
                   doc="rate and concurrency limits (all, ip, source, destination)"),
+        Directive("conn_reuse_limit", Int(minimum=1), 10,
+                  doc="transactions per connection"),
+        Directive("conn_max_idle_count", Int(minimum=0), 10,
+                  doc="idle connections kept per identity (0: no reuse)"),
+        Directive("conn_max_idle_time", Custom(parse_idle_time, "seconds | duration"), 150.0,
+                  doc="how long an idle connection is kept"),
     )
 
     def configure(self, cfg, ctx) -> None:
@@ -291,6 +346,14 @@ class SMTPTarget(Module):
         self.log = gmta.log.get(self.name, debug=cfg.debug)
         self.limits = cfg.limits or UNLIMITED
         self._tls_context: ssl.SSLContext | None = None
+        self.conn_reuse_limit = cfg.conn_reuse_limit
+        if cfg.conn_max_idle_time <= 0:
+            raise cfg.error("conn_max_idle_time", "conn_max_idle_time must be positive")
+        self.cache = ConnectionCache(max_idle_per_key=cfg.conn_max_idle_count,
+                                     max_idle_time=cfg.conn_max_idle_time,
+                                     check_after=CHECK_AFTER, log=self.log)
+        #: Called with each new SMTPClient (tests count sessions; None normally).
+        self.on_connect = None
 
     @property
     def tls_context(self) -> ssl.SSLContext:
@@ -300,12 +363,57 @@ class SMTPTarget(Module):
             self._tls_context = client_context(self.tls_config)
         return self._tls_context
 
+    def start(self) -> None:
+        self.cache.reopen()
+
+    def stop(self) -> None:
+        self.cache.close_all()
+
     def start_delivery(self, meta: MessageMeta, mail_from: str) -> ForwardDelivery:
         delivery = ForwardDelivery(self, meta, mail_from)
         delivery.start()
         return delivery
 
     # --- Sessions. ------------------------------------------------------------------
+
+    def cache_key(self, meta: MessageMeta) -> tuple[str, str]:
+        """What a session must share with a message to carry it: the identity it
+        authenticated as (``auth forward``: the client's username; otherwise one
+        identity for the whole target) and the REQUIRETLS requirement."""
+        identity = ""
+        if self.auth_mode == "forward":
+            if meta.credentials is None:
+                raise AUTH_REQUIRED
+            identity = "user:" + meta.credentials.username
+        return identity, "requiretls" if meta.mail_params.get("requiretls") else ""
+
+    def session_for(self, meta: MessageMeta, session_id: str) -> tuple[SMTPClient, bool]:
+        """A cached session for *meta* when one is idle and healthy, else a new one;
+        and whether it was cached."""
+        cached = self.cache.take(self.cache_key(meta))
+        if cached is not None:
+            client = cached.client
+            self.log.debug("session_reused", msg_id=meta.id, session=client.session_id,
+                           target=client.peer, transactions=client.transactions)
+            return client, True
+        return self.open_session(meta, session_id), False
+
+    def give_back(self, meta: MessageMeta, client: SMTPClient, *, clean: bool) -> None:
+        """After a message: keep the session for the next one, or close it.
+
+        A transaction that did not finish is ended with RSET first (RFC 5321 §4.1.1.5).
+        """
+        if not client.usable or client.transactions >= self.conn_reuse_limit \
+                or self.cache.max_idle_per_key <= 0:
+            client.quit()
+            return
+        if not clean:
+            try:
+                client.rset()
+            except SMTPError:
+                client.close()
+                return
+        self.cache.put(self.cache_key(meta), Session(client))
 
     def open_session(self, meta: MessageMeta, session_id: str) -> SMTPClient:
         """A greeted, TLS-protected (as configured) and authenticated session with the
@@ -327,6 +435,8 @@ class SMTPTarget(Module):
             self.log.debug("connected", msg_id=meta.id, session=session_id, target=str(address),
                            tls=client.tls.version if client.tls else "none",
                            tls_verified=bool(client.tls and client.tls.verified))
+            if self.on_connect is not None:
+                self.on_connect(client)
             return client
         raise last_error
 

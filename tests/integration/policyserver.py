@@ -80,10 +80,12 @@ class PolicyServer:
         with socket.socket() as probe:
             probe.bind((self.address, 0))
             self.port = probe.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, self.address, str(self.port), self.cert, self.key,
-             str(self.root)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.root.parent / "policyserver.log", "wb"))
+        # The child keeps its own copy of the log's descriptor; ours is closed at once.
+        with open(self.root.parent / "policyserver.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, self.address, str(self.port), self.cert, self.key,
+                 str(self.root)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=log)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

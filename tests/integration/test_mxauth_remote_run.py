@@ -19,6 +19,10 @@ plain   127.0.0.15                                  none (no STARTTLS)
 tls13   127.0.0.16                                  the CA certificate, TLS 1.3 only
 ======  ==========================================  =====================================
 
+and, started by the first test that needs it, a private Postfix (postfixmx.py)
+on 127.0.0.19 with the same port and the CA certificate: a TLS MX that never
+offers REQUIRETLS (Debian's Postfix 3.7 has none), for R15's strict case.
+
 Senders are ``gmta run`` processes with an smtp endpoint in front of a queue
 (retries an hour apart: only ``gmta queue flush`` retries) whose target is
 target.remote with the ``mx_auth`` block under test; a sender is started once
@@ -28,8 +32,7 @@ share senders without seeing each other's mail.
 maddy-behaviour §3.5 R13–R16, plus an enforce policy (MTA-STS, and a
 STARTTLS Everywhere list) excluding the first MX, a policy id change, an
 expired cached policy, a bogus zone, DANE-TA with a chain, DANE-EE 3 1 1, and
-a TLSA mismatch deferring until the zone is fixed. Not here: R15's TLS MX
-that does not offer REQUIRETLS (every TLS peer here is gmta, which offers it).
+a TLSA mismatch deferring until the zone is fixed.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from tests.integration.conftest import GMTA, GmtaProcess
 from tests.integration.dnssec import ValidatingResolver
 from tests.integration.dnsserver import AuthoritativeDNS
 from tests.integration.policyserver import PolicyServer
+from tests.integration.postfixmx import PostfixMX
 from tests.integration.testca import issue, tlsa, write_ca, write_chain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -57,6 +61,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 POLICY_SERVER = "127.0.0.80"
 FARM = {"mx1": "127.0.0.11", "mx2": "127.0.0.12", "ee": "127.0.0.13", "ta": "127.0.0.14",
         "plain": "127.0.0.15", "tls13": "127.0.0.16"}
+#: The private Postfix MX (module docstring): TLS, no REQUIRETLS.
+POSTFIX_MX = "127.0.0.19"
 #: Seconds a test waits for one message's outcome in a sender's log.
 OUTCOME_TIMEOUT = 30.0
 
@@ -95,6 +101,8 @@ class World:
         self.resolver: ValidatingResolver | None = None
         self.policy_server: PolicyServer | None = None
         self.farm: GmtaProcess | None = None
+        self.farm_ca_chain: tuple[Path, Path] | None = None
+        self._postfix: PostfixMX | None = None
         self.port = 0
         self.senders: dict[tuple[str, str], GmtaProcess] = {}
         self._unsigned: set[str] = set()
@@ -117,6 +125,7 @@ class World:
             "rt.test": two_mx("rt.test", *sts_records("1")),
             "rtplain.test": one_mx("plain", *sts_records("1")),
             "rttls12.test": ["@ MX 10 mx1", f"mx1 A {FARM['tls13']}", *sts_records("1")],
+            "rtpostfix.test": ["@ MX 10 mx", f"mx A {POSTFIX_MX}", *sts_records("1")],
             "plain.test": one_mx("mx1"),
             "unsigned.test": one_mx("ee", f"_25._tcp.mx {tlsa(3, 1, 1, w.other)}"),
         }.items():
@@ -163,13 +172,14 @@ class World:
         pki = self.tmp / "pki"
         ca_cert = write_chain(pki, "farm-ca", issue("mx.farm.test", issuer=self.ca,
                                                     sans=self.ca_names()))
+        self.farm_ca_chain = ca_cert
         certs = {"mx1": ca_cert, "mx2": ca_cert, "tls13": ca_cert,
                  "ee": write_chain(pki, "farm-ee", self.ee),
                  "ta": write_chain(pki, "farm-ta", self.ta_leaf, self.dane_intermediate)}
         state = self.tmp / "farm"
         state.mkdir()
         for _attempt in range(3):
-            self.port = port_free_on(FARM.values())
+            self.port = port_free_on([*FARM.values(), POSTFIX_MX])
             blocks = []
             for name, address in FARM.items():
                 if name == "plain":
@@ -198,23 +208,35 @@ class World:
                 self.farm.stop()   # a port taken in between: try another
         raise AssertionError("the MX farm did not start:\n" + "\n".join(self.farm.lines))
 
+    def postfix(self) -> PostfixMX:
+        """The Postfix MX on POSTFIX_MX (started on first use: it takes a few seconds)."""
+        if self._postfix is None:
+            self._postfix = PostfixMX(POSTFIX_MX, self.port, *self.farm_ca_chain,
+                                      hostname="mx.rtpostfix.test")
+            self._postfix.start()
+        return self._postfix
+
     def stop(self) -> None:
         for process in [*self.senders.values(), self.farm]:
             if process is not None:
                 process.stop()
+        if self._postfix is not None:
+            self._postfix.stop()
         for server in (self.policy_server, self.resolver, self.dns):
             if server is not None:
                 server.stop()
 
     # -- senders -----------------------------------------------------------------------------
 
-    def sender(self, mx_auth: str, tls_client: str = "") -> GmtaProcess:
-        """A running sender whose target.remote has ``mx_auth { <mx_auth> }``.
+    def sender(self, mx_auth: str, tls_client: str = "", remote: str = "") -> GmtaProcess:
+        """A running sender whose target.remote has ``mx_auth { <mx_auth> }``
+        (and the directives in *remote*).
 
         A line ``mtasts`` in *mx_auth* becomes an mtasts block with the policy
-        server's port and a RAM cache.
+        server's port and a RAM cache. Its DSNs go to the Maildir ``bounces/<local part>``
+        in its state directory (:meth:`bounces`).
         """
-        key = (mx_auth, tls_client)
+        key = (mx_auth, tls_client, remote)
         if key in self.senders:
             return self.senders[key]
         body = re.sub(r"^mtasts$", f"mtasts {{\n            https_port {self.policy_server.port}"
@@ -238,6 +260,7 @@ target.remote out {{
     smtp_port {self.port}
     connect_timeout 5s
     command_timeout 5s
+    {remote}
     mx_auth {{
         {body}
     }}
@@ -248,7 +271,9 @@ target.queue q {{
     retry_time_scale 1
     post_init_delay 0
     bounce {{
-        deliver_to dummy
+        deliver_to target.maildir {{
+            path bounces/{{local}}
+        }}
     }}
 }}
 smtp tcp://127.0.0.1:0 {{
@@ -260,6 +285,13 @@ smtp tcp://127.0.0.1:0 {{
         self.senders[key] = process
         process.wait_for(r"event=started")
         return process
+
+    @staticmethod
+    def bounces(sender: GmtaProcess, rcpt: str) -> list[bytes]:
+        """The DSNs *sender* sent to a@client.gmta.test about *rcpt*."""
+        new = sender.config_path.parent / "bounces" / "a" / "new"
+        found = [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+        return [dsn for dsn in found if rcpt.encode() in dsn]
 
     def delivered_to(self, farm_host: str, rcpt: str) -> list[bytes]:
         local, domain = rcpt.split("@")
@@ -486,6 +518,46 @@ def test_r15_requiretls_refusals_send_no_mail(world, rcpt, tls_client, event, wo
     for word in words:
         assert word in line, line
     assert world.farm_hosts_with(rcpt) == []
+
+
+# R15 against a real TLS MX without REQUIRETLS: Postfix (postfixmx.py).
+
+def test_r15_strict_requiretls_gives_a_tls_mx_without_requiretls_nothing_and_bounces(world):
+    postfix = world.postfix()
+    world.policy_server.policy("rtpostfix.test", sts_policy("testing", "*.rtpostfix.test"))
+    sender = world.sender("mtasts", remote="relaxed_requiretls no")
+    sessions_before = len(postfix.smtpd_sessions())
+    line = attempt(world, sender, "strict@rtpostfix.test", requiretls=True)
+    # RFC 8689 §4.2.1 item 5: the EHLO after STARTTLS must offer REQUIRETLS; with no other
+    # MX the client "MUST NOT transmit the message to the domain" and sends a non-delivery
+    # notification, 5.7.30 for "REQUIRETLS not supported by server". Permanent: no retry.
+    assert "event=failed" in line, line
+    assert "550 5.7.30" in line and "does not offer REQUIRETLS" in line, line
+    # The MX level and the TLS were fine: only REQUIRETLS was missing.
+    [refused] = walk_lines(sender, "rtpostfix.test", "mx_failed")
+    assert "kind=policy" in refused and "mx=mx.rtpostfix.test" in refused
+    # Postfix saw EHLO, STARTTLS, EHLO and QUIT: no MAIL, nothing held.
+    new = postfix.wait_for_sessions(sessions_before + 1)[sessions_before:]
+    [session] = [s for s in new if "starttls=1" in s]
+    assert "ehlo=2" in session and "quit=1" in session and "mail=" not in session, session
+    assert postfix.held_for("strict@rtpostfix.test") == []
+    sender.wait_for(r"event=dsn_sent .*rcpts=strict@rtpostfix\.test", timeout=OUTCOME_TIMEOUT)
+    [dsn] = world.bounces(sender, "strict@rtpostfix.test")
+    assert b"Status: 5.7.30" in dsn and b"Action: failed" in dsn, dsn
+
+
+def test_r15_relaxed_requiretls_delivers_to_a_tls_mx_without_requiretls(world):
+    postfix = world.postfix()
+    world.policy_server.policy("rtpostfix.test", sts_policy("testing", "*.rtpostfix.test"))
+    sender = world.sender("mtasts")   # relaxed_requiretls is on by default (maddy's)
+    line = attempt(world, sender, "relaxed@rtpostfix.test", requiretls=True)
+    assert "event=delivered" in line, line
+    [connected] = walk_lines(sender, "rtpostfix.test", "mx_connected")
+    assert "tls=authenticated" in connected and "mx_level=mtasts" in connected
+    # Postfix took it (it refuses a MAIL parameter it does not know with 555, so the
+    # REQUIRETLS flag was dropped for this MX, as relaxed_requiretls says).
+    [held] = postfix.wait_for_held("relaxed@rtpostfix.test")
+    assert "from=<a@client.gmta.test>" in held
 
 
 # --- R16: DANE. ----------------------------------------------------------------------------

@@ -3,6 +3,8 @@ what happened, the output parses strictly, bad requests get clean HTTP errors.""
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import socket
 import time
@@ -170,3 +172,124 @@ def test_bad_requests_get_clean_http_errors(start_gmta, state_dir):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         assert response.status == 200
         parse(response.read().decode())
+
+
+# --- workers 2: every scrape shows the whole server -----------------------------------
+
+def test_with_two_workers_every_scrape_counts_every_worker(tmp_path, state_dir,
+                                                           quiet_dns_server):
+    """Sessions land on both workers and scrapes on either: each scrape shows all of
+    them; a killed worker's counts survive into its successor's."""
+    from tests.integration import test_workers as workers
+
+    messages = 30
+    conf = tmp_path / "gmta.conf"
+    conf.write_text(f"dns_servers {quiet_dns_server.directive}\n"
+                    # debug: each worker logs the scrapes it answers.
+                    + base_config(state_dir, "tls off\nworkers 2\ndebug yes\n")
+                    + "smtp tcp://127.0.0.1:0 { deliver_to dummy }\n"
+                    + "openmetrics tcp://127.0.0.1:0 { }\n")
+    gmta = workers.start(conf)
+    try:
+        smtp_port, http_port = ports(gmta)
+        workers.send_in_parallel(smtp_port, messages)
+        for index in (0, 1):
+            assert any(f"worker={index} module=endpoint event=connected" in line
+                       for line in gmta.lines), f"worker {index} got no session"
+
+        def settled(count):
+            return lambda s: (value(s, "gmta_messages_accepted_total", endpoint=SMTP) == count
+                              and value(s, "gmta_sessions_active", endpoint=SMTP) == 0)
+
+        first = scrape_until(http_port, settled(messages))
+        start_time = value(first, "gmta_process_start_time_seconds")
+        # Each scrape is a new connection, answered by either worker: all agree.
+        for _ in range(10):
+            samples = parse(scrape(http_port)[1])
+            assert value(samples, "gmta_messages_accepted_total", endpoint=SMTP) == messages
+            assert value(samples, "gmta_sessions_opened_total", endpoint=SMTP) == messages
+            assert value(samples, "gmta_recipients_accepted_total", endpoint=SMTP) == messages
+            assert value(samples, "gmta_sessions_active", endpoint=SMTP) == 0
+            # The supervisor's start: when this run's counters began.
+            assert value(samples, "gmta_process_start_time_seconds") == start_time
+            assert value(samples, "gmta_build_info", version=gmta_version()) == 1
+        assert (state_dir / "run" / "metrics" / "worker-1.metrics").is_file()
+
+        ready_before = sum("event=worker_ready worker=1 " in line for line in gmta.lines)
+        os.kill(workers.worker_pids(gmta)[1], signal.SIGKILL)
+        # While worker 1 is down, and after its successor took its file over.
+        samples = parse(scrape(http_port)[1])
+        assert value(samples, "gmta_messages_accepted_total", endpoint=SMTP) == messages
+        workers.wait_for_count(gmta, "event=worker_ready worker=1 ", ready_before + 1)
+        for _ in range(6):
+            samples = parse(scrape(http_port)[1])
+            assert value(samples, "gmta_messages_accepted_total", endpoint=SMTP) == messages
+            assert value(samples, "gmta_sessions_opened_total", endpoint=SMTP) == messages
+            assert value(samples, "gmta_process_start_time_seconds") == start_time
+        workers.send_in_parallel(smtp_port, messages)
+        scrape_until(http_port, settled(2 * messages))
+        for _ in range(6):
+            samples = parse(scrape(http_port)[1])
+            assert value(samples, "gmta_messages_accepted_total", endpoint=SMTP) == 2 * messages
+        assert not any("metrics_file_discarded" in line for line in gmta.lines)
+        for index in (0, 1):
+            assert any(f"worker={index} module=openmetrics event=scraped" in line
+                       for line in gmta.lines), f"worker {index} answered no scrape"
+    finally:
+        assert gmta.stop() == 0, "\n".join(gmta.lines)
+
+
+def gmta_version() -> str:
+    from gmta import __version__
+    return __version__
+
+
+# --- outbound TLS failures --------------------------------------------------------------
+
+def test_outbound_tls_failures_are_counted(start_gmta, state_dir, tmp_path,
+                                           smtp_sink):  # noqa: F811
+    """target.smtp over tls:// to a server whose certificate comes from a CA gmta does
+    not trust (verify), and to a server that speaks no TLS at all (handshake)."""
+    from tests.integration import testca
+    from tests.integration.tlspeer import TLSPeer
+
+    trusted = testca.issue("Trusted CA", ca=True)
+    untrusted = testca.issue("Untrusted CA", ca=True)
+    cert, key = testca.write_chain(tmp_path / "tls", "peer",
+                                   testca.issue("127.0.0.1", issuer=untrusted), untrusted)
+    root_ca = testca.write_ca(tmp_path / "tls", "trusted", trusted)
+    peer = TLSPeer("127.0.0.1", cert, key)
+    plain = smtp_sink()
+    try:
+        gmta = start_gmta(base_config(state_dir, "tls off\n") + f"""
+target.smtp untrusted_peer {{
+    targets tls://127.0.0.1:{peer.port}
+    tls_client {{ root_ca {root_ca} }}
+}}
+target.smtp plaintext_peer {{
+    targets tls://{plain.address.split("://")[-1]}
+    tls_client {{ root_ca {root_ca} }}
+}}
+smtp tcp://127.0.0.1:0 {{
+    destination untrusted.test {{ deliver_to &untrusted_peer }}
+    destination plain.test {{ deliver_to &plaintext_peer }}
+    default_destination {{ reject }}
+}}
+openmetrics tcp://127.0.0.1:0 {{ }}
+""", listeners=2)
+        smtp_port, http_port = ports(gmta)
+        before = parse(scrape(http_port)[1])
+        for rcpt in ("a@untrusted.test", "b@plain.test"):
+            with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
+                # target.smtp connects at the first RCPT: the handshake's failure is its answer.
+                client.ehlo()
+                client.mail("s@src.test")
+                code, text = client.rcpt(rcpt)
+                assert code == 451, text
+        after = parse(scrape(http_port)[1])
+    finally:
+        peer.stop()
+    assert value(before, "gmta_outbound_tls_failures_total", kind="verify") == 0
+    assert value(after, "gmta_outbound_tls_failures_total", kind="verify") == 1
+    assert value(after, "gmta_outbound_tls_failures_total", kind="handshake") == 1
+    assert any("not trusted" in line for line in gmta.lines), gmta.lines

@@ -243,9 +243,14 @@ def test_limits_count_waits_and_refusals():
     start_rate = waits.value("t_limits", "all", "rate")
     start_slot = waits.value("t_limits", "ip", "concurrency")
     first = limits.take(ip="192.0.2.1")
-    # Waits for a rate token (the burst is 1), then for the slot, which comes back.
-    gevent.spawn_later(0.1, first.release)
-    limits.take(ip="192.0.2.1").release()
+    # Waits for a rate token (the burst is 1), then for the slot, which comes back
+    # only once the second take is surely waiting for it (not on a timer: the
+    # loop's cached clock can be stale after a slow test and fire it early).
+    second = gevent.spawn(limits.take, ip="192.0.2.1")
+    gevent.sleep(0.2)
+    assert not second.ready()
+    first.release()
+    second.get(timeout=5).release()
     assert waits.value("t_limits", "all", "rate") == start_rate + 1
     assert waits.value("t_limits", "ip", "concurrency") == start_slot + 1
     held = limits.take(ip="192.0.2.1")

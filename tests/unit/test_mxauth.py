@@ -182,10 +182,13 @@ def test_fs_cache_round_trip_bound_and_corrupt_files(tmp_path):
 
 # -- configuration and levels ---------------------------------------------------------------
 
-def test_levels_are_ordered_as_maddy_documents():
+def test_levels_are_ordered_as_maddy_documents_and_are_target_remotes_own():
+    from gmta.target import security
     assert MXLevel.NONE < MXLevel.MTASTS < MXLevel.DNSSEC
     assert TLSLevel.NONE < TLSLevel.ENCRYPTED < TLSLevel.AUTHENTICATED
-    assert TLSLevel.from_word("encrypted") is TLSLevel.ENCRYPTED
+    # One definition (DESIGN §3: mxauth sits below target and uses its levels).
+    assert MXLevel is security.MXLevel and TLSLevel is security.TLSLevel
+    assert security.parse_level(TLSLevel, "encrypted") is TLSLevel.ENCRYPTED
 
 
 def test_top_level_block_is_shared_by_reference(user):
@@ -245,52 +248,59 @@ def test_config_errors(user, body, words):
     assert words in str(errors.value)
 
 
+def _candidate(name: str, authenticated: bool):
+    from gmta.net.mx import MXHost, MXList
+    from gmta.target.security import MXCandidate
+    host = MXHost(name, 10)
+    return MXCandidate("a.test", host, MXList("a.test", (host,), authenticated))
+
+
+def _target_facts(mx: str, mx_level, tls_level, **kw):
+    """The facts target.remote's walk hands to the hook (gmta.target.security)."""
+    from gmta.target.security import ConnectionFacts as TargetFacts
+    fields = dict(domain="a.test", mx=mx, address="127.0.0.2", port=25, mx_level=mx_level,
+                  tls_level=tls_level, tls=None, peer_certificate=None, tls_error=None,
+                  requiretls_offered=False)
+    fields.update(kw)
+    return TargetFacts(**fields)
+
+
 def test_remote_hook_maps_target_remote_calls_onto_the_policies(user):
-    # The objects target.remote's hook passes (gmta/target/security.py on branch remote),
-    # built with the same attribute names.
-    from types import SimpleNamespace
     config = user("ut.mx_auth_unit {\n mx_auth {\n dnssec\n local_policy "
                   "{ min_mx_level dnssec }\n }\n}\n")
     mx_auth = config.endpoints[0].mx_auth
     assert mx_auth.start() is None  # the module life cycle call
+    from types import SimpleNamespace
     hook = mx_auth.start(SimpleNamespace(id="m1"))
-    signed = SimpleNamespace(domain="a.test", name="mx.a.test",
-                             mx_list=SimpleNamespace(authenticated=True))
-    assert hook.check_mx(signed, MXLevel.NONE) == MXLevel.DNSSEC
-    facts = SimpleNamespace(domain="a.test", mx="mx.a.test", mx_level=MXLevel.DNSSEC,
-                            tls_level=TLSLevel.NONE, tls=None, peer_certificate=None,
-                            tls_error=None, requiretls_offered=False)
+    assert hook.check_mx(_candidate("mx.a.test", True), MXLevel.NONE) is MXLevel.DNSSEC
+    facts = _target_facts("mx.a.test", MXLevel.DNSSEC, TLSLevel.NONE)
     with pytest.raises(SMTPError) as refused:
         hook.check_conn(facts)  # local_policy's default min_tls_level encrypted
     assert "(local_policy)" in refused.value.text
-    unsigned = SimpleNamespace(domain="a.test", name="mx2.a.test",
-                               mx_list=SimpleNamespace(authenticated=False))
     with pytest.raises(SMTPError):
-        hook.check_mx(unsigned, MXLevel.NONE)
+        hook.check_mx(_candidate("mx2.a.test", False), MXLevel.NONE)
     hook.close()
 
 
-def test_remote_hook_answers_in_target_remotes_levels_and_passes_the_whole_chain(user):
+def test_remote_hook_passes_levels_unconverted_and_the_whole_chain(user):
     # target.remote logs the levels it gets back by name (tls=authenticated),
     # and DANE-TA needs every certificate the server sent, not only the leaf.
     from types import SimpleNamespace
 
-    from gmta.target import security
+    from gmta.net.client import TLSInfo
     config = user("ut.mx_auth_unit {\n mx_auth {\n dnssec\n local_policy off\n }\n}\n")
     hook = config.endpoints[0].mx_auth.start(SimpleNamespace(id="m1"))
-    signed = SimpleNamespace(domain="a.test", name="mx.a.test",
-                             mx_list=SimpleNamespace(authenticated=True))
-    level = hook.check_mx(signed, security.MXLevel.NONE)
-    assert type(level) is security.MXLevel and str(level) == "dnssec"
-    facts = SimpleNamespace(domain="a.test", mx="mx.a.test", mx_level=level,
-                            tls_level=security.TLSLevel.ENCRYPTED,
-                            tls=SimpleNamespace(version="TLSv1.3"),
-                            peer_certificate=b"leaf", peer_chain=(b"leaf", b"CA"),
-                            tls_error=None, requiretls_offered=False)
+    level = hook.check_mx(_candidate("mx.a.test", True), MXLevel.NONE)
+    assert level is MXLevel.DNSSEC and str(level) == "dnssec"
+    facts = _target_facts("mx.a.test", level, TLSLevel.ENCRYPTED,
+                          tls=TLSInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", False, False),
+                          peer_certificate=b"leaf", peer_chain=(b"leaf", b"CA"))
     seen = []
     hook.message.check_connection = lambda domain, mx, mx_level, ours: (
-        seen.append(ours.peer_chain) or SimpleNamespace(tls_level=TLSLevel.AUTHENTICATED))
-    tls_level = hook.check_conn(facts)
-    assert type(tls_level) is security.TLSLevel and str(tls_level) == "authenticated"
-    assert seen == [(b"leaf", b"CA")]
+        seen.append((mx_level, ours)) or SimpleNamespace(tls_level=TLSLevel.AUTHENTICATED))
+    assert hook.check_conn(facts) is TLSLevel.AUTHENTICATED
+    [(mx_level, ours)] = seen
+    assert mx_level is MXLevel.DNSSEC
+    assert ours.peer_chain == (b"leaf", b"CA") and ours.tls_version == "TLSv1.3"
+    assert ours.tls_level is TLSLevel.ENCRYPTED and not ours.pkix_verified
     hook.close()

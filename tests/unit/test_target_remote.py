@@ -124,35 +124,3 @@ def test_levels_order_and_names():
     assert str(MXLevel.MTASTS) == "mtasts"
     with pytest.raises(ValueError):
         parse_level(MXLevel, "strong")
-
-
-def test_policy_levels_of_another_enum_become_the_targets_own():
-    """gmta.mxauth answers with its own IntEnums; facts and logs must still say
-    ``dnssec``/``encrypted``, not ``2``/``1`` (seen in gmta run's mx_connected lines)."""
-    import enum
-
-    from gmta.net.mx import MXHost, MXList
-    from gmta.target.mxwalk import Walk
-    from gmta.target.security import ConnectionFacts, MXCandidate
-
-    class ForeignLevel(enum.IntEnum):
-        LOW = 1
-        HIGH = 2
-
-    class Policy:
-        def check_mx(self, candidate, level):
-            return ForeignLevel.HIGH
-
-        def check_conn(self, facts):
-            return ForeignLevel.LOW
-
-    walk = Walk(None, "example.test", Policy(), requiretls=False, relaxed_requiretls=True,
-                msg_id="m")
-    host = MXHost("mx.example.test", 10)
-    level = walk.admit_mx(MXCandidate("example.test", host, MXList("example.test", (host,), True)))
-    assert level is MXLevel.DNSSEC and str(level) == "dnssec"
-    facts = walk.admit_connection(ConnectionFacts(
-        domain="example.test", mx="mx.example.test", address="127.0.0.2", port=25,
-        mx_level=level, tls_level=TLSLevel.AUTHENTICATED, tls=None, peer_certificate=None,
-        tls_error=None, requiretls_offered=False))
-    assert facts.tls_level is TLSLevel.ENCRYPTED and str(facts.tls_level) == "encrypted"

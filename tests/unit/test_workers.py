@@ -66,3 +66,27 @@ def test_adopted_socket_is_served_instead_of_binding():
     finally:
         listen._adopted.pop(str(address), None)
         sock.close()
+
+
+def test_two_blocks_on_the_same_written_address_keep_their_own_sockets():
+    # smtp and openmetrics both on tcp://127.0.0.1:0: two ports, told apart by the block.
+    address = Endpoint("tcp", "127.0.0.1", 0)
+    [smtp] = listen.bind_group(address, 1)
+    [metrics] = listen.bind_group(address, 1)
+    keys = [listen.adoption_key(address, "smtp tcp://127.0.0.1:0"),
+            listen.adoption_key(address, "openmetrics tcp://127.0.0.1:0")]
+    try:
+        listen.adopt(keys[0], smtp.fileno())
+        listen.adopt(keys[1], metrics.fileno())
+        assert listen.is_adopted(address, "smtp tcp://127.0.0.1:0")
+        assert not listen.is_adopted(address)
+        for owner, sock in (("smtp tcp://127.0.0.1:0", smtp),
+                            ("openmetrics tcp://127.0.0.1:0", metrics)):
+            served = listen.bind(address, owner)
+            assert served.getsockname() == sock.getsockname()
+            served.close()
+    finally:
+        for key in keys:
+            listen._adopted.pop(key, None)
+        smtp.close()
+        metrics.close()

@@ -418,3 +418,63 @@ def test_record_is_versioned_json(queues):
     assert data["recipients"][0]["state"] == "pending"
     assert data["recipients"][0]["error"] == {"code": 451, "enhanced": [4, 2, 0],
                                               "text": "Mailbox busy"}
+
+
+# -- what a pass writes --------------------------------------------------------------------
+
+def count_writes(queue, events: list) -> None:
+    """Note each record write of *queue*'s spool in *events*, in order."""
+    write = queue.spool.write
+
+    def noted(lock, record):
+        events.append(("write", [r.state for r in record.recipients]))
+        write(lock, record)
+
+    queue.spool.write = noted
+
+
+def test_a_pass_that_finishes_silently_removes_without_rewriting_the_record(queues):
+    # Delivered, no DSN asked for: the removal is the record; no write (two flushes) first.
+    target = ScriptedTarget({})
+    bounce, pipeline = bounce_target()
+    queue = queues(target, pipeline)
+    events: list = []
+    count_writes(queue, events)
+    submit(queue, ["a@d.test", "b@d.test"])
+    settle(queue)
+    assert target.attempts[0].committed and entries(queue) == []
+    assert events == [] and bounce.attempts == []
+
+
+def test_results_are_written_before_a_dsn_and_when_a_retry_remains(queues):
+    # a@ fails for good (a DSN is due), b@ is retried: the results are durable first.
+    target = ScriptedTarget({"body": {"a@d.test": PERM, "b@d.test": TEMP}}, {})
+    bounce, pipeline = bounce_target()
+    queue = queues(target, pipeline)
+    events: list = []
+    count_writes(queue, events)
+    real_start = bounce.start_delivery
+
+    def start(meta, mail_from):
+        events.append(("dsn", None))
+        return real_start(meta, mail_from)
+
+    bounce.start_delivery = start
+    submit(queue, ["a@d.test", "b@d.test"])
+    settle(queue)
+    assert events[:2] == [("write", ["failed", "pending"]), ("dsn", None)]
+    # The second pass delivers b@ and finishes the entry without another DSN or write
+    # of its results (the write after the DSN only marked a@ reported).
+    assert [e for e in events[2:] if e[0] == "dsn"] == []
+    assert entries(queue) == [] and len(target.committed) == 1
+
+
+def test_a_successful_delivery_with_notify_success_is_written_before_its_dsn(queues):
+    target = ScriptedTarget({})
+    bounce, pipeline = bounce_target()
+    queue = queues(target, pipeline)
+    events: list = []
+    count_writes(queue, events)
+    submit(queue, ["a@d.test"], rcpt_params={"a@d.test": {"notify": ["SUCCESS"]}})
+    settle(queue)
+    assert events[:1] == [("write", ["delivered"])] and len(bounce.attempts) == 1

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
+from gmta import durable
 from gmta.buffer import MemoryBuffer
 from gmta.delivery import MessageMeta
-from gmta import durable as durable_mod
 from gmta.errors import SMTPError
 from gmta.queue import store as store_mod
 from gmta.queue.record import QueuedMessage, Recipient
@@ -36,9 +36,9 @@ class Fault:
             return real(*args)
 
         if name == "fsync_dir":
-            # The spool's own syncs, and the group commit of msg/ (gmta.durable).
+            # The store's own, and the daemon's group commit of msg/ (gmta.durable).
             monkeypatch.setattr(store_mod, "fsync_dir", failing)
-            monkeypatch.setattr(durable_mod, "fsync_dir", failing)
+            monkeypatch.setattr(durable, "fsync_dir", failing)
         else:
             monkeypatch.setattr(os, name, failing)
 
@@ -77,14 +77,14 @@ def test_commits_that_finish_together_share_one_fsync_of_msg(tmp_path, monkeypat
     queue = make_queue(tmp_path / "state", ScriptedTarget(), start=False)
     queue.spool.prepare()
     synced = []
-    real_fsync_dir = durable_mod.fsync_dir
+    real_fsync_dir = durable.fsync_dir
 
     def slow_fsync_dir(path):
         synced.append(path)
         threading.Event().wait(0.02)   # a pool thread: a real sleep, as a slow disk
         real_fsync_dir(path)
 
-    monkeypatch.setattr(durable_mod, "fsync_dir", slow_fsync_dir)
+    monkeypatch.setattr(durable, "fsync_dir", slow_fsync_dir)
 
     def receive(n):
         delivery = queue.start_delivery(MessageMeta(id=f"m{n}"), "s@src.test")
