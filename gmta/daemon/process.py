@@ -157,6 +157,19 @@ def _preparer(worker):
     return prepare
 
 
+def reopen_logs() -> None:
+    """SIGUSR1: reopen every ``log file`` (after logrotate renamed it)."""
+    try:
+        count = gmta.log.reopen_files()
+    except OSError as e:
+        # The old file is closed; each later line tries to open the
+        # file again (logging.FileHandler), so a fixed directory heals.
+        log.error("logs_reopen_failed", error=e.strerror or str(e),
+                  path=getattr(e, "filename", None))
+    else:
+        log.info("logs_reopened", files=count)
+
+
 def _wait_for_stop(signals: Queue, reloader: Reloader | None) -> int:
     """Act on the signals that do not stop gmta until one that does arrives; return it.
 
@@ -168,15 +181,7 @@ def _wait_for_stop(signals: Queue, reloader: Reloader | None) -> int:
         if sig in STOP_SIGNALS:
             return sig
         if sig == REOPEN_LOGS_SIGNAL:
-            try:
-                count = gmta.log.reopen_files()
-            except OSError as e:
-                # The old file is closed; each later line tries to open the
-                # file again (logging.FileHandler), so a fixed directory heals.
-                log.error("logs_reopen_failed", error=e.strerror or str(e),
-                          path=getattr(e, "filename", None))
-            else:
-                log.info("logs_reopened", files=count)
+            reopen_logs()
         elif reloader is not None:
             reloader.reload(signal.Signals(sig).name)
         else:

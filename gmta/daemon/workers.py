@@ -69,7 +69,8 @@ from gmta.config.loader import LoadedConfig
 from gmta.daemon import privileges
 from gmta.daemon.notify import Notifier
 from gmta.daemon.process import (HANDLED_SIGNALS, REOPEN_LOGS_SIGNAL,
-                                 STOP_SIGNALS, give_log_files, prepare_directories, run_as)
+                                 STOP_SIGNALS, give_log_files, prepare_directories,
+                                 reopen_logs, run_as)
 from gmta.metrics import shared as shared_metrics
 from gmta.net import listen
 
@@ -319,7 +320,7 @@ def _run(config: LoadedConfig, workers: list[Worker], events: Queue, notifier: N
                 log.info("stopping", signal=signal.Signals(sig).name, workers=len(workers))
                 return _stop(config, workers, events, notifier, sig)
             if sig == REOPEN_LOGS_SIGNAL:
-                _reopen_logs()
+                reopen_logs()
                 _forward(workers, sig)
             else:
                 _forward_reload(workers, sig)
@@ -392,16 +393,6 @@ def _forward_reload(workers: list[Worker], sig: int) -> None:
     _forward(workers, sig)
 
 
-def _reopen_logs() -> None:
-    try:
-        count = gmta.log.reopen_files()
-    except OSError as e:
-        log.error("logs_reopen_failed", error=e.strerror or str(e),
-                  path=getattr(e, "filename", None))
-    else:
-        log.info("logs_reopened", files=count)
-
-
 def _stop(config: LoadedConfig, workers: list[Worker], events: Queue, notifier: Notifier,
           sig: int) -> int:
     """Forward *sig* and wait for every worker; a second stop signal stops them at once."""
@@ -432,7 +423,7 @@ def _stop(config: LoadedConfig, workers: list[Worker], events: Queue, notifier: 
             _forward(workers, signal.SIGTERM)
             deadline = min(deadline, time.monotonic() + FORCED_STOP_DEADLINE)
         elif event[0] == "signal" and event[1] == REOPEN_LOGS_SIGNAL:
-            _reopen_logs()
+            reopen_logs()
             _forward(workers, REOPEN_LOGS_SIGNAL)
         elif event[0] == "exit" and event[2] is event[1].process:
             code = event[2].returncode

@@ -34,6 +34,7 @@ from typing import Any
 import gevent
 
 import gmta.log
+from gmta.config.reader import Custom, Directive, Int
 from gmta.config.values import parse_duration
 from gmta.errors import SMTPError
 
@@ -205,5 +206,20 @@ def parse_idle_time(node, ctx) -> float:
     if node.children is not None or not node.args:
         raise ValueError("expected seconds (150) or a duration (2m30s)")
     if len(node.args) == 1 and node.args[0].isdigit():
-        return float(int(node.args[0]))
-    return parse_duration(node.args)
+        seconds = float(int(node.args[0]))
+    else:
+        seconds = parse_duration(node.args)
+    if seconds <= 0:
+        raise ValueError("conn_max_idle_time must be positive")
+    return seconds
+
+
+def reuse_directives(idle_count_doc: str) -> tuple[Directive, ...]:
+    """The connection-reuse directives target.remote and target.smtp/lmtp share (one
+    spelling, one default each); *idle_count_doc* says what a cache key is there."""
+    return (
+        Directive("conn_reuse_limit", Int(minimum=1), 10, doc="transactions per connection"),
+        Directive("conn_max_idle_count", Int(minimum=0), 10, doc=idle_count_doc),
+        Directive("conn_max_idle_time", Custom(parse_idle_time, "seconds | duration"), 150.0,
+                  doc="how long an idle connection is kept"),
+    )

@@ -47,7 +47,7 @@ from gmta.net import client as smtp_client
 from gmta.net.dns import resolver_for
 from gmta.net.tls import client_context
 from gmta.proto.grammar import domain_to_ascii
-from gmta.target.conncache import ConnectionCache, parse_idle_time
+from gmta.target.conncache import ConnectionCache, reuse_directives
 from gmta.target.envelope import (check_content, content_pieces, mail_parameters, peer_ip,
                                   rcpt_parameters, server_address, temporary_552)
 from gmta.target.mxwalk import DialSettings, MXConnection, Walk, reuse_check
@@ -374,12 +374,7 @@ class RemoteTarget(Module):
                   doc="honour 'TLS-Required: No' (RFC 8689 §5)"),
         Directive("relaxed_requiretls", Bool(), True,
                   doc="REQUIRETLS mail may go to an MX that does not offer REQUIRETLS"),
-        Directive("conn_reuse_limit", Int(minimum=1), 10,
-                  doc="transactions per connection"),
-        Directive("conn_max_idle_count", Int(minimum=0), 10,
-                  doc="idle connections kept per recipient domain"),
-        Directive("conn_max_idle_time", Custom(parse_idle_time, "seconds | duration"), 150.0,
-                  doc="how long an idle connection is kept"),
+        *reuse_directives("idle connections kept per recipient domain"),
         Directive("smtp_port", Int(minimum=1, maximum=65535), 25,
                   doc="port of the MX hosts (tests use a high port)"),
     )
@@ -403,8 +398,6 @@ class RemoteTarget(Module):
         self.conn_reuse_limit = cfg.conn_reuse_limit
         self.conn_max_idle_count = cfg.conn_max_idle_count
         self.conn_max_idle_time = cfg.conn_max_idle_time
-        if self.conn_max_idle_time <= 0:
-            raise cfg.error("conn_max_idle_time", "conn_max_idle_time must be positive")
         self.smtp_port = cfg.smtp_port
         self.dns_servers = ctx.globals.dns_servers if ctx.globals is not None else ()
         self.log = gmta.log.get(self.name, debug=cfg.debug)

@@ -35,8 +35,7 @@ import gmta.log
 from gmta import metrics
 from gmta.buffer import Buffer
 from gmta.config.module import Module, register
-from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Endpoints, Int,
-                                ModuleRef)
+from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Endpoints, ModuleRef)
 from gmta.config.tls import TLSClientConfig, parse_client_tls
 from gmta.config.values import Endpoint, parse_endpoint
 from gmta.delivery import MessageMeta, PartialDeliveryError
@@ -46,7 +45,7 @@ from gmta.net import client as smtp_client
 from gmta.net.client import ConnectionFailed, SMTPClient
 from gmta.net.tls import client_context
 from gmta.proto.grammar import domain_to_ascii
-from gmta.target.conncache import ConnectionCache, parse_idle_time
+from gmta.target.conncache import ConnectionCache, reuse_directives
 from gmta.target.envelope import (check_content, content_pieces, mail_parameters, peer_ip,
                                   rcpt_parameters, server_address, temporary_552)
 
@@ -296,12 +295,7 @@ class SMTPTarget(Module):
         Directive("debug", Bool(), False, inherit_global=True, doc="log the SMTP dialogue"),
         Directive("limits", ModuleRef("limits", block_module="limits"),
                   doc="rate and concurrency limits (all, ip, source, destination)"),
-        Directive("conn_reuse_limit", Int(minimum=1), 10,
-                  doc="transactions per connection"),
-        Directive("conn_max_idle_count", Int(minimum=0), 10,
-                  doc="idle connections kept per identity (0: no reuse)"),
-        Directive("conn_max_idle_time", Custom(parse_idle_time, "seconds | duration"), 150.0,
-                  doc="how long an idle connection is kept"),
+        *reuse_directives("idle connections kept per identity (0: no reuse)"),
     )
 
     def configure(self, cfg, ctx) -> None:
@@ -347,8 +341,6 @@ class SMTPTarget(Module):
         self.limits = cfg.limits or UNLIMITED
         self._tls_context: ssl.SSLContext | None = None
         self.conn_reuse_limit = cfg.conn_reuse_limit
-        if cfg.conn_max_idle_time <= 0:
-            raise cfg.error("conn_max_idle_time", "conn_max_idle_time must be positive")
         self.cache = ConnectionCache(max_idle_per_key=cfg.conn_max_idle_count,
                                      max_idle_time=cfg.conn_max_idle_time,
                                      check_after=CHECK_AFTER, log=self.log)
