@@ -27,8 +27,8 @@ import gmta.log
 from gmta import metrics
 from gmta.config.module import Module, register
 from gmta.config.values import parse_endpoint
+from gmta.endpoint.listeners import Listeners
 from gmta.metrics.registry import OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE
-from gmta.net import listen
 
 #: Request line and header fields together (RFC 9112 §2.3 leaves the bound to
 #: the server; a scrape request is a few hundred bytes).
@@ -127,7 +127,7 @@ def response_bytes(status: int, headers: dict[str, str], body: bytes,
 
 
 @register
-class OpenMetricsEndpoint(Module):
+class OpenMetricsEndpoint(Listeners, Module):
     name = "openmetrics"
     kinds = frozenset({"endpoint"})
     endpoint = True
@@ -146,39 +146,28 @@ class OpenMetricsEndpoint(Module):
             raise self.node.error("openmetrics serves plain HTTP only",
                                   hint="listen on tcp://127.0.0.1:PORT or unix://PATH")
         self.log = gmta.log.get("openmetrics")
-        self.bound_sockets = []
-        self.servers: list[StreamServer] = []
-
-    def bind(self) -> None:
-        try:
-            for address in self.addresses:
-                self.bound_sockets.append(listen.bind(address, self.instance_name))
-        except OSError:
-            self.unbind()
-            raise
-
-    def unbind(self) -> None:
-        for sock in self.bound_sockets:
-            sock.close()
-        self.bound_sockets = []
+        self.init_listeners()
 
     def start(self) -> None:
-        if not self.bound_sockets:
-            self.bind()
-        sockets, self.bound_sockets = self.bound_sockets, []
-        for address, sock in zip(self.addresses, sockets, strict=True):
-            server = StreamServer(sock, self._handle, spawn=Pool(MAX_CONNECTIONS))
-            server.start()
-            self.servers.append(server)
-            self.log.info("listening", endpoint=self.instance_name,
-                          address=listen.local_address(server, address))
+        self.start_listeners(self._server)
+
+    def _server(self, address, sock) -> StreamServer:
+        server = StreamServer(sock, self._handle, spawn=Pool(MAX_CONNECTIONS))
+        server.start()
+        return server
 
     def stop(self) -> None:
-        for server in self.servers:
-            server.close()
+        self.stop_accepting()
         for server in self.servers:
             server.stop(timeout=RESPONSE_TIMEOUT)
         self.servers = []
+
+    # -- reload: the new configuration's block took the sockets; a scrape in
+    # progress gets its answer (each connection is one short request).
+    retire = stop
+
+    def hurry(self) -> None:
+        pass  # nothing long-lived to end early
 
     # -- one connection ------------------------------------------------------------------
 

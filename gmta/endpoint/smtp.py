@@ -32,6 +32,7 @@ from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Int, 
 from gmta.config.tls import TLSServerConfig, parse_server_tls
 from gmta.config.values import parse_endpoint, parse_size
 from gmta.delivery import ClientCredentials, MessageMeta, PartialDeliveryError
+from gmta.endpoint.listeners import Listeners
 from gmta.endpoint.submission_header import check_and_complete
 from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.errors import SMTPError
@@ -504,7 +505,7 @@ def _peer_text(peer) -> str:
 
 
 @register
-class SMTPEndpoint(Module):
+class SMTPEndpoint(Listeners, Module):
     name = "smtp"
     kinds = frozenset({"endpoint"})
     endpoint = True
@@ -565,35 +566,16 @@ class SMTPEndpoint(Module):
         self.proxy_policy = cfg.proxy_protocol
         self.proxy_tls_context = None
         self.defer_sender_reject = cfg.defer_sender_reject
-        self.servers = []
-        self.bound_sockets = []
-        #: On reload: the old configuration's listening socket per address (or None).
-        self.inherited_sockets: list = []
+        self.init_listeners()
         self.sessions = Group()
         self.tls_context = None
 
     def bind(self) -> None:
-        # Possibly as root (ports below 1024); start() serves on these sockets.
         # The certificates are loaded here too: a bad one fails a reload
         # before any new listener accepts (and a key only root may read
         # works when started as root).
         self._load_tls()
-        try:
-            for index, address in enumerate(self.addresses):
-                old = self.inherited_sockets[index] if self.inherited_sockets else None
-                # A duplicate descriptor of the same kernel socket: it stays open
-                # (with connections waiting in its backlog) when the old endpoint
-                # closes its own descriptor, so a reload refuses no connection.
-                self.bound_sockets.append(listen.duplicate(old) if old is not None
-                                          else listen.bind(address, self.instance_name))
-        except OSError:
-            self.unbind()
-            raise
-
-    def unbind(self) -> None:
-        for sock in self.bound_sockets:
-            sock.close()
-        self.bound_sockets = []
+        Listeners.bind(self)
 
     def _load_tls(self) -> None:
         self.tls_context = server_context(self.tls_config, self.hostname_ascii)
@@ -601,14 +583,8 @@ class SMTPEndpoint(Module):
             self.proxy_tls_context = server_context(self.proxy_policy.tls, self.hostname_ascii)
 
     def start(self) -> None:
-        if not self.bound_sockets:
-            self.bind()
-        sockets, self.bound_sockets = self.bound_sockets, []
-        for address, sock in zip(self.addresses, sockets, strict=True):
-            server = listen.serve(address, functools.partial(self._handle, address), sock)
-            self.servers.append(server)
-            self.log.info("listening", endpoint=self.instance_name,
-                          address=listen.local_address(server, address))
+        self.start_listeners(lambda address, sock: listen.serve(
+            address, functools.partial(self._handle, address), sock))
 
     def stop(self) -> None:
         self.stop_accepting()
@@ -618,20 +594,7 @@ class SMTPEndpoint(Module):
         self.sessions.join(timeout=self.shutdown_timeout)
         self._end_sessions()
 
-    # -- reload (gmta.daemon.reload) -------------------------------------------------------
-
-    def listening_sockets(self) -> list:
-        """The listening socket of each address, in the order of ``addresses``."""
-        return [getattr(server, "socket", None) for server in self.servers]
-
-    def inherit_listeners(self, sockets: list) -> None:
-        """Before ``bind()``: serve on these sockets of the old configuration (None: bind anew)."""
-        self.inherited_sockets = list(sockets)
-
-    def stop_accepting(self) -> None:
-        """Close this endpoint's listening descriptors; sockets handed on stay open."""
-        for server in self.servers:
-            server.close()
+    # -- reload (gmta.daemon.reload; the listeners: gmta.endpoint.listeners) --------------
 
     def retire(self) -> None:
         """Reload: the new configuration accepts now; open sessions go on under this

@@ -13,6 +13,7 @@ import smtplib
 import socket
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -214,3 +215,24 @@ def test_removed_addresses_close_and_new_ones_listen(start_gmta, state_dir):
         unix.connect(str(lmtp_path))
         assert unix.makefile("rb").readline().startswith(b"220 ")
     wait_for_mail(state_dir, "kim@example.test", 1)
+
+
+def test_openmetrics_keeps_its_port_across_a_reload(start_gmta, state_dir):
+    """Every endpoint module hands its listeners over, not only smtp: a config with an
+    openmetrics block reloads, and the scrape port keeps answering."""
+    metrics_block = "openmetrics tcp://127.0.0.1:0 { }\n"
+    gmta = start_gmta(queued_config(state_dir) + metrics_block, listeners=2)
+    by_block = {block.split()[0]: int(address.rsplit(":", 1)[1])
+                for address, block in gmta.addresses.items()}
+    metrics_port = by_block["openmetrics"]
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=10) as response:
+            return response.read().decode()
+
+    assert "gmta_sessions_opened_total" in scrape()
+    reload(gmta, queued_config(state_dir, hostname="b.gmta.test") + metrics_block)
+    assert "gmta_sessions_opened_total" in scrape()
+    with socket.create_connection(("127.0.0.1", by_block["smtp"]), timeout=10) as s:
+        assert s.recv(512).split(b" ")[1] == b"b.gmta.test"
