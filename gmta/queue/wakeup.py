@@ -1,12 +1,13 @@
 """Telling the scheduling process about a message another process just queued.
 
-With ``workers N`` only worker 0 runs the queue's scheduler; the others only
-receive. Their :class:`QueueDelivery.commit` cannot put the new entry in the
-scheduler's window, and the scheduler would otherwise find it at its next
-rescan — up to ``RESCAN_INTERVAL`` later, and a rescan reads all of ``msg/``.
-So the committing process sends the entry's id in one datagram to
-``LOCATION/wakeup.sock``, bound by the scheduler (:class:`WakeupListener`),
-which schedules that one id at once: no scan, no file touched.
+With ``workers N`` only worker 0 runs the queue's full scheduler; the others
+make the first attempt of what they commit and nothing more. What they do not
+finish (a deferral, a busy entry, an attempt they will not start) must reach
+the full scheduler, which would otherwise find it at its next rescan — up to
+``RESCAN_INTERVAL`` later, and a rescan reads all of ``msg/``. So the worker
+sends the entry's id in one datagram to ``LOCATION/wakeup.sock``, bound by the
+scheduler (:class:`WakeupListener`), which takes that one id at once (no scan):
+its attempt reads the record and finds when it is next due.
 
 A datagram is a hint, never the record: the entry is on disk (fsynced) before
 it is sent. When it cannot be sent — no scheduler listening yet (it will scan
@@ -88,7 +89,7 @@ class WakeupListener:
 
 
 class WakeupSender:
-    """The receiving process's end: one non-blocking datagram per committed entry."""
+    """The other worker's end: one non-blocking datagram per entry handed on."""
 
     def __init__(self, spool, log):
         self.spool = spool
