@@ -10,7 +10,8 @@
   :class:`gmta.queue.attempt.Attempt` on due entries.
 - **Rescans** (a full pass over ``msg/`` in the threadpool, a batch at a time)
   happen at start-up (with recovery), when ``gmta queue flush|release``
-  touches the ``wakeup`` file (polled every ``WAKEUP_POLL`` seconds), every
+  touches the ``wakeup`` file (polled every ``WAKEUP_POLL`` seconds, and
+  announced at once by a datagram on ``wakeup.sock``), every
   ``RESCAN_INTERVAL`` seconds so that a second daemon on the same queue takes
   over what a dead one left, and when an overflowing window needs refilling.
 - **Retirement** (configuration reload, :mod:`gmta.daemon.reload`): the old
@@ -142,11 +143,13 @@ class Scheduler:
             self.hand_off = hand_off
             self._greenlets = [gevent.spawn(self._dispatch)]
             return
-        if listen_for_wakeups:
-            # Before the start-up scan: what is committed after this point is
-            # announced, what was committed before is found by the scan.
-            self._wakeups = WakeupListener(self.spool, self._woken, self.log)
-            self._wakeups.start()
+        # Before the start-up scan: what other workers commit after this point is
+        # announced, what was committed before is found by the scan. Without other
+        # workers only `gmta queue` sends here (RESCAN).
+        self._wakeups = WakeupListener(self.spool, self._woken, self.log,
+                                       on_rescan=self._rescan.set,
+                                       quiet=not listen_for_wakeups)
+        self._wakeups.start()
         self._greenlets = [gevent.spawn(self._dispatch),
                            gevent.spawn(self._maintain, not resumed)]
 

@@ -1,10 +1,11 @@
-"""``workers N``: a worker other than worker 0 makes only the first attempts.
+"""What reaches the queue's scheduler from elsewhere, through ``wakeup.sock``.
 
+``workers N``: a worker other than worker 0 makes only the first attempts.
 Two queues on one directory in one process stand for two workers: ``full``
 runs the full scheduler and listens on ``wakeup.sock``; ``first`` is set up as
 another worker's (``share_with_workers(schedules=False)``). What ``first``
 commits, it attempts itself; what it does not finish reaches ``full`` by
-datagram, without a rescan.
+datagram, without a rescan. And ``gmta queue flush`` asks for its rescan there.
 """
 
 from __future__ import annotations
@@ -78,3 +79,23 @@ def test_what_a_stopping_worker_did_not_attempt_goes_to_the_full_scheduler(tmp_p
         full.stop()
     assert [a.rcpts for a in first_target.committed] == [["r0@d.test"]]
     assert sorted(a.rcpts[0] for a in full_target.committed) == ["r1@d.test", "r2@d.test"]
+
+
+def test_gmta_queue_flush_reaches_the_scheduler_at_once(tmp_path, monkeypatch, log_lines):
+    """The CLI touches the wakeup file and says so on wakeup.sock: the rescan does not
+    wait for the file's poll (made an hour long here, so only the datagram can act)."""
+    from gmta.queue import cli, scheduler
+
+    monkeypatch.setattr(scheduler, "WAKEUP_POLL", 3600.0)
+    target = ScriptedTarget({"rcpt": {"a@d.test": DEFERRED}})
+    queue = make_queue(tmp_path / "state", target, retry="1h")
+    try:
+        submit(queue, ["a@d.test"])
+        wait_until(lambda: len(target.attempts) == 1, what="the first attempt")
+        gevent.sleep(0.1)  # the start-up scan's wait has begun: only a request ends it
+        cli.flush_all(queue.spool)
+        settle(queue, timeout=5)
+    finally:
+        queue.stop()
+    assert [a.rcpts for a in target.committed] == [["a@d.test"]]
+    assert any("event=wakeup" in line for line in log_lines)
