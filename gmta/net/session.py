@@ -73,6 +73,11 @@ class StopRequested(Exception):
 
 
 class SessionDriver:
+    # One per open connection, idle ones included: no per-instance __dict__.
+    __slots__ = (
+        "sock", "conn", "handler", "read_timeout", "write_timeout", "tls_context",
+        "io_debug", "session_id", "log", "endpoint", "stopping", "idle")
+
     def __init__(self, sock, conn: ServerConnection, handler: SessionHandler, *,
                  read_timeout: float, write_timeout: float,
                  tls_context: ssl.SSLContext | None = None, io_debug: bool = False,
