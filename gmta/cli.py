@@ -69,7 +69,7 @@ def run(config_path: str, worker_index: int | None) -> None:
     monkey.patch_all()
     # No spawning stack, parent and tree locals recorded on every Greenlet:
     # diagnostics gmta never reads, kept alive as long as each session (about
-    # 0.3 KiB of every idle one; bench/README.md).
+    # 0.8 KiB of every idle one; bench/README.md).
     gevent_config.track_greenlet_tree = False
 
     import gmta.log

@@ -143,8 +143,9 @@ class SessionDriver:
         try:
             # An idle session waits here for its next command: in wait_readable,
             # which parks the greenlet in less memory than a recv that blocks.
-            # Not when TLS already holds decrypted bytes: the descriptor may
-            # never become readable for them.
+            # Plain and TLS sockets (gevent's SSLSocket is a subclass), not test
+            # doubles; and not when TLS already holds decrypted bytes: the
+            # descriptor may never become readable for them.
             if isinstance(sock, _PlainSocket) and not _has_pending(sock) \
                     and not wait_readable(sock.fileno(), self.read_timeout):
                 raise TimeoutError
