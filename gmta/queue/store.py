@@ -663,6 +663,8 @@ def read_head(fd: int, size: int) -> EntryHead:
     """Parse the start of an ``ID.msg`` (read with ``pread``: the descriptor may be shared)."""
     data = os.pread(fd, size, 0)
     if not data.startswith(ENTRY_MAGIC):
+        if data[:1] == b"\x00":
+            raise CorruptRecord("damaged prefix line in the message file")
         return EntryHead(data, None, False, 0)  # layout 1: the message from byte 0
     end = data.find(b"\n", FLAG_OFFSET, MAX_PREFIX_LINE)
     flag = data[FLAG_OFFSET:FLAG_OFFSET + 1]

@@ -174,7 +174,8 @@ def test_a_removal_cut_after_a_flag_that_was_not_turned_leaves_an_orphan(spool, 
     lambda data: data[:FLAG_OFFSET] + b"X" + data[FLAG_OFFSET + 1:],    # unknown flag
     lambda data: data.replace(b'"recipients"', b'"recipientz"', 1),      # record not valid
     lambda data: data[:FLAG_OFFSET + 8],                                 # truncated record
-], ids=["flag", "record", "truncated"])
+    lambda data: data[:5],                                               # truncated prefix
+], ids=["flag", "record", "truncated", "prefix"])
 def test_an_unreadable_embedded_record_goes_to_corrupt(spool, damage):
     record = _record()
     _publish(spool, record)
