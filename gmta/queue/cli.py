@@ -66,12 +66,12 @@ def records(spool: "Spool"):
 
     for name in sorted(os.listdir(spool.msg_dir)):
         entry_id, _, kind = name.partition(".")
-        if kind != "meta":
+        if kind != "msg":   # every entry has one; ID.meta is a later record
             continue
         try:
             yield spool.read(entry_id), None
         except FileNotFoundError:
-            continue  # delivered or removed while we listed
+            continue  # delivered or removed while we listed, or an orphan
         except (CorruptRecord, OSError) as e:
             yield entry_id, str(e)
 
@@ -131,12 +131,12 @@ def show(spool: "Spool", entry_id: str, as_json: bool) -> None:
     click.echo(header.decode("utf-8", "replace").rstrip("\r\n").replace("\r\n", "\n"))
 
 
-def _read(spool: "Spool", entry_id: str) -> "QueuedMessage":
+def _read(spool: "Spool", entry_id: str, lock=None) -> "QueuedMessage":
     from gmta.queue.record import CorruptRecord
 
     _check_id(entry_id)
     try:
-        return spool.read(entry_id)
+        return spool.read(entry_id, lock)
     except FileNotFoundError:
         raise click.ClickException(f"no message {entry_id} in the queue") from None
     except CorruptRecord as e:
@@ -167,7 +167,7 @@ def change(spool: "Spool", entry_id: str, action: str) -> None:
             spool.remove(lock)
             click.echo(f"{entry_id}: removed")
             return
-        record = _read(spool, entry_id)
+        record = _read(spool, entry_id, lock)
         if action == "hold":
             record.held = True
         else:  # flush, release: due now

@@ -294,7 +294,8 @@ class Scheduler:
                 elif event.kind == "orphan":
                     orphans += 1
                     self.log.info("orphan_removed", queue_id=event.id,
-                                  reason="message file without record, never acknowledged")
+                                  reason="message file without a current record: never "
+                                         "acknowledged, or its removal was cut short")
         self._overflow = total > len(earliest)
         for negated, entry_id in earliest:
             self.schedule(entry_id, -negated)

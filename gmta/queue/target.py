@@ -29,7 +29,7 @@ from gmta.queue.notify import Notifier
 from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.schedule import DEFAULT_INITIAL_RETRY_TIME, DEFAULT_RETRY_TIME_SCALE
 from gmta.queue.scheduler import STOP_GRACE, Scheduler
-from gmta.queue.store import Spool, Staged, new_id
+from gmta.queue.store import LAYOUT, Spool, Staged, new_id
 from gmta.queue.wakeup import WakeupSender
 
 STORE_FAILED = SMTPError(451, (4, 3, 0), "Cannot queue the message now, try again later")
@@ -96,7 +96,7 @@ class QueueDelivery:
         queue = self.queue
         staged = self.staged
         try:
-            # Steps 3–5 of the commit order (gmta.queue.store): both renames, made in
+            # Steps 2–3 of the commit order (gmta.queue.store): the rename, made in
             # the pool just before one fsync of msg/ shared with every commit that
             # finishes meanwhile (group commit), before the 250.
             queue.msg_dir_sync.sync(queue.spool.publish_renames(staged))
@@ -222,7 +222,10 @@ class QueueTarget(Module):
         self.schedules = schedules
 
     def start(self) -> None:
-        in_threadpool(self.spool.prepare)
+        upgraded_from = in_threadpool(self.spool.prepare)
+        if upgraded_from is not None:
+            self.log.info("layout_upgraded", queue=self.instance_name, location=self.location,
+                          old=upgraded_from, new=LAYOUT)
         self.stopping = False
         if not self.schedules:
             # Another process runs the full scheduler; what this one does not
