@@ -31,6 +31,7 @@ is ever reported as failed (maddy issue #704).
 from __future__ import annotations
 
 import contextvars
+import weakref
 from dataclasses import dataclass
 
 import gmta.log
@@ -80,7 +81,10 @@ class PipelineRun:
 
     def __init__(self, message: "PipelineDelivery", pipeline: Pipeline, mail_from: str,
                  depth: int):
-        self.message = message
+        # A proxy: the message holds its runs, and a strong reference back
+        # would make every message a reference cycle, which only the garbage
+        # collector frees (with all it holds: about 35 objects per message).
+        self.message = weakref.proxy(message)
         self.pipeline = pipeline
         self.depth = depth
         meta = message.meta
