@@ -18,10 +18,10 @@ import functools
 import itertools
 import os
 import re
-import secrets
 import time
 
 import gmta.log
+from gmta import randomid
 from gmta.buffer import MemoryBuffer
 from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Directive, Path
@@ -50,7 +50,7 @@ def unique_name() -> str:
     micros = int((now - seconds) * 1_000_000)
     host = _host_part()
     return (f"{seconds}.M{micros}P{os.getpid()}Q{next(_counter)}"
-            f"R{secrets.token_hex(8)}.{host}")
+            f"R{randomid.token_hex(8)}.{host}")
 
 
 class MaildirDelivery:
