@@ -76,7 +76,8 @@ def run(config_path: str, worker_index: int | None) -> None:
     from gmta.daemon.process import serve
 
     config = _load(config_path)
-    gmta.log.setup(config.globals.log, config.globals.debug)
+    # The hub runs from here on: lines are written once per turn of its loop.
+    gmta.log.setup(config.globals.log, config.globals.debug, buffered=True)
     if worker_index is not None:
         from gmta.daemon.workers import WorkerRole
         try:

@@ -20,6 +20,9 @@ import re
 import sys
 import time
 
+import gevent
+import gevent.monkey
+
 _ROOT = "gmta"
 _BARE = re.compile(r"[^\s\"=\\]+\Z")
 
@@ -98,6 +101,100 @@ class _Formatter(logging.Formatter):
         return line
 
 
+#: A buffer holds at most this many lines before it is written (a burst of
+#: lines inside one turn of the hub loop, such as a reload, stays bounded).
+BUFFER_LINES = 256
+# The thread's real identity: monkey-patching makes threading.get_ident a greenlet's.
+_thread_ident = gevent.monkey.get_original("_thread", "get_ident")
+
+
+class _LineBuffer:
+    """Hold a stream handler's lines and write them once per turn of the hub loop.
+
+    Two lines per message, each its own ``write`` to stderr from the hub, cost
+    more than the message's other system calls (bench/README.md). Here a line
+    waits for a callback that runs when the hub next turns, before it polls,
+    so every line logged in that turn goes out in one ``write``. Nothing waits
+    longer than the greenlets that run in one turn: a line that says something
+    went wrong (warning and above) is written at once with those before it; so
+    is a line logged from another thread (the hub's callbacks are not thread
+    safe) and a full buffer; and ``flush()`` (called by ``logging.shutdown`` at
+    exit, before a reopen and when the handler is closed) writes what is left.
+    """
+
+    def _init_buffer(self) -> None:
+        self._lines: list[str] = []
+        self._scheduled = False
+        self._hub_thread = _thread_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+            return
+        if (record.levelno >= logging.WARNING or len(self._lines) >= BUFFER_LINES
+                or _thread_ident() != self._hub_thread):
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            gevent.get_hub().loop.run_callback(self._flush_from_hub)
+
+    def _flush_from_hub(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self, reopen_if_moved: bool = True) -> None:
+        self.acquire()
+        try:
+            if self._lines:
+                text = "\n".join(self._lines) + "\n"
+                self._lines = []
+                self._write(text, reopen_if_moved)
+            if self.stream is not None and hasattr(self.stream, "flush"):
+                self.stream.flush()
+        except (OSError, ValueError):
+            # A closed or broken stream (ValueError: I/O on a closed file):
+            # as with logging's own handlers, a log that cannot be written
+            # must not break what logged it, and there is nowhere to say so.
+            pass
+        finally:
+            self.release()
+
+    def _write(self, text: str, reopen_if_moved: bool) -> None:
+        self.stream.write(text)
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+class BufferedStreamHandler(_LineBuffer, logging.StreamHandler):
+    """``stderr``/``stderr_ts``, written once per turn of the hub loop."""
+
+    def __init__(self, stream=None):
+        logging.StreamHandler.__init__(self, stream)
+        self._init_buffer()
+
+
+class BufferedFileHandler(_LineBuffer, logging.handlers.WatchedFileHandler):
+    """``log file``, written once per turn of the hub loop; the check whether
+    logrotate moved the file runs once per write, not once per line."""
+
+    def __init__(self, path: str):
+        logging.handlers.WatchedFileHandler.__init__(self, path)
+        self._init_buffer()
+
+    def _write(self, text: str, reopen_if_moved: bool) -> None:
+        if reopen_if_moved:
+            self.reopenIfNeeded()
+        if self.stream is None:
+            # FileHandler.emit's rule: a stream closed by a failed reopen is
+            # opened again by the next write.
+            self.stream = self._open()
+        self.stream.write(text)
+
+
 def reopen_files() -> int:
     """Close and reopen every log file (SIGUSR1, after logrotate); returns how many."""
     count = 0
@@ -105,6 +202,9 @@ def reopen_files() -> int:
         if isinstance(handler, logging.handlers.WatchedFileHandler):
             # Unconditionally, unlike WatchedFileHandler's own check: a file
             # truncated or replaced in place keeps its inode and would be missed.
+            if isinstance(handler, BufferedFileHandler):
+                # Lines logged before the signal belong to the old file.
+                handler.flush(reopen_if_moved=False)
             handler.acquire()
             try:
                 if handler.stream is not None:
@@ -126,8 +226,20 @@ def file_paths() -> list[str]:
             if isinstance(handler, logging.handlers.WatchedFileHandler)]
 
 
-def setup(targets, debug: bool = False, stream=None) -> None:
-    """Route gmta's logs to *targets* (``LogTarget`` values); an empty list is ``log off``."""
+#: Whether stream and file handlers buffer lines per turn of the hub loop
+#: (``gmta run``; a command without a running hub writes each line at once).
+_buffered = False
+
+
+def setup(targets, debug: bool = False, stream=None, buffered: bool | None = None) -> None:
+    """Route gmta's logs to *targets* (``LogTarget`` values); an empty list is ``log off``.
+
+    *buffered* (kept for later calls when None, as on a reload) makes stderr
+    and file targets write once per turn of the hub loop (:class:`_LineBuffer`).
+    """
+    global _buffered
+    if buffered is not None:
+        _buffered = buffered
     root = logging.getLogger(_ROOT)
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -142,7 +254,8 @@ def setup(targets, debug: bool = False, stream=None) -> None:
     logging.logMultiprocessing = False
     for target in targets:
         if target.kind in ("stderr", "stderr_ts"):
-            handler = logging.StreamHandler(stream or sys.stderr)
+            handler = (BufferedStreamHandler if _buffered else logging.StreamHandler)(
+                stream or sys.stderr)
             handler.setFormatter(_Formatter(timestamps=target.kind == "stderr_ts"))
         elif target.kind == "syslog":
             handler = logging.handlers.SysLogHandler(address="/dev/log",
@@ -155,7 +268,8 @@ def setup(targets, debug: bool = False, stream=None) -> None:
             if directory:
                 os.makedirs(directory, mode=0o750, exist_ok=True)
             # WatchedFileHandler reopens the file when logrotate moves it.
-            handler = logging.handlers.WatchedFileHandler(target.path)
+            handler = (BufferedFileHandler if _buffered
+                       else logging.handlers.WatchedFileHandler)(target.path)
             handler.setFormatter(_Formatter(timestamps=True))
         root.addHandler(handler)
     if not targets:

@@ -23,7 +23,7 @@ import gevent
 from gevent.pool import Group
 
 import gmta.log
-from gmta import metrics
+from gmta import metrics, randomid
 from gmta.buffer import BufferPolicy, BufferWriter
 from gmta.config.module import Module, register
 from gmta.config.parser import Node
@@ -231,7 +231,7 @@ class EndpointSession:
     def mail(self, event) -> None:
         self.transaction_ended()
         self.meta = MessageMeta(
-            id=secrets.token_hex(8),
+            id=randomid.token_hex(8),
             mail_params={"size": event.size, "body": event.body and str(event.body),
                          "smtputf8": event.smtputf8, "requiretls": event.requiretls,
                          "ret": event.ret and str(event.ret), "envid": event.envid},

@@ -90,7 +90,9 @@ class Rules(Generic[Block]):
         return True
 
     def select(self, address: str, *, what: str = "address") -> Match[Block]:
-        if address:
+        # With no rules (a bare deliver_to) every address takes the default,
+        # and its match key would be computed for nothing.
+        if address and (self.tables or self.by_key):
             key = match_key(address)
             for table, block, where in self.tables:
                 try:

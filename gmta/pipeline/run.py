@@ -31,6 +31,7 @@ is ever reported as failed (maddy issue #704).
 from __future__ import annotations
 
 import contextvars
+import weakref
 from dataclasses import dataclass
 
 import gmta.log
@@ -80,7 +81,10 @@ class PipelineRun:
 
     def __init__(self, message: "PipelineDelivery", pipeline: Pipeline, mail_from: str,
                  depth: int):
-        self.message = message
+        # A proxy: the message holds its runs, and a strong reference back
+        # would make every message a reference cycle, which only the garbage
+        # collector frees (with all it holds: about 35 objects per message).
+        self.message = weakref.proxy(message)
         self.pipeline = pipeline
         self.depth = depth
         meta = message.meta
@@ -92,7 +96,8 @@ class PipelineRun:
         sender = self._rewrite_sender(self.modifiers, mail_from, "root modifiers")
         match = pipeline.sources.select(sender)
         self.source: SourceBlock = match.block
-        note(depth, f"source: {self.source.label} [{match.how}] for <{sender}>")
+        if message.trace is not None:   # the note costs a format per message
+            note(depth, f"source: {self.source.label} [{match.how}] for <{sender}>")
         self.source_checks = message.start_checks(self.source.checks, sender)
         self.source_checks.run("check_connection", meta=meta, headers=message.headers)
         self.source_checks.run("check_sender", sender, meta=meta, headers=message.headers)
@@ -118,7 +123,9 @@ class PipelineRun:
         for address in addresses:
             match = self.source.destinations.select(address)
             block: DestinationBlock = match.block
-            message.note(depth, f"destination: {block.label} [{match.how}] for <{address}>")
+            tracing = message.trace is not None
+            if tracing:
+                message.note(depth, f"destination: {block.label} [{match.how}] for <{address}>")
             if block.reject is not None:
                 raise block.reject
             checks, modifiers = self._block_states(block)
@@ -127,8 +134,9 @@ class PipelineRun:
                 chain = (self.modifiers, self.source_modifiers, modifiers)
                 if block.targets:
                     decisions.append(Decision(final, block, self.sender, chain))
-                    message.note(depth, f"deliver <{final}> to " +
-                                 ", ".join(target_name(t) for t in block.targets))
+                    if tracing:
+                        message.note(depth, f"deliver <{final}> to " +
+                                     ", ".join(target_name(t) for t in block.targets))
                 for reroute in block.reroutes:
                     message.note(depth, f"reroute <{final}> through {reroute.label}")
                     inner = message.run_for(reroute, self.sender, depth + 1)

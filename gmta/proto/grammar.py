@@ -16,6 +16,7 @@ third-party dependency here.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -128,6 +129,13 @@ def _bad_domain(domain: str) -> SMTPError:
     return SMTPError(501, (5, 1, 2), f"Invalid domain name {domain[:80]!r}")
 
 
+# The few domains of a server's traffic come back in every message (EHLO, MAIL,
+# RCPT, routing), and IDNA conversion costs more than the rest of a command's
+# parsing: a bounded cache of successes (a failure raises, and is not kept).
+_DOMAIN_CACHE = 512
+
+
+@functools.lru_cache(maxsize=_DOMAIN_CACHE)
 def domain_to_ascii(domain: str) -> str:
     """The A-label form of a domain (IDNA ToASCII), checked against RFC 5321 §4.1.2.
 
@@ -174,6 +182,7 @@ def address_to_ascii(address: str) -> str:
 
 # --- Normalisation (a separate step: parsing keeps what the client wrote). ---------
 
+@functools.lru_cache(maxsize=_DOMAIN_CACHE)
 def normalize_domain(domain: str) -> str:
     """U-label, lower case, NFC: the form the pipeline compares and routes on."""
     return unicodedata.normalize("NFC", domain_to_unicode(domain).lower())

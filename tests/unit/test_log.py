@@ -6,7 +6,10 @@ import io
 import logging
 import logging.handlers
 import re
+import weakref
 
+import gevent
+import gevent.monkey
 import pytest
 
 import gmta.log
@@ -254,3 +257,83 @@ def test_reopen_files_starts_a_new_file_after_a_rename(tmp_path):
 def test_reopen_files_without_log_files_reopens_nothing():
     stderr_log()
     assert gmta.log.reopen_files() == 0 and gmta.log.file_paths() == []
+
+
+# -- buffered lines (gmta run: one write per turn of the hub loop) -------------------------
+
+class _CountingStream(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def buffered_stderr():
+    stream = _CountingStream()
+    gmta.log.setup([LogTarget("stderr")], stream=stream, buffered=True)
+    yield stream
+    gmta.log.setup([], buffered=False)
+
+
+def test_buffered_lines_go_out_in_one_write_when_the_hub_turns(buffered_stderr):
+    log = gmta.log.get("endpoint")
+    log.info("one", n=1)
+    log.info("two", n=2)
+    assert lines(buffered_stderr) == []
+    gevent.sleep(0)
+    assert lines(buffered_stderr) == ["level=info module=endpoint event=one n=1",
+                                      "level=info module=endpoint event=two n=2"]
+    assert buffered_stderr.writes == 1
+
+
+def test_a_warning_is_written_at_once_after_the_lines_before_it(buffered_stderr):
+    log = gmta.log.get("endpoint")
+    log.info("before")
+    log.warning("trouble")
+    assert [line.split()[2] for line in lines(buffered_stderr)] == \
+        ["event=before", "event=trouble"]
+
+
+def test_the_buffer_is_bounded(buffered_stderr):
+    log = gmta.log.get("endpoint")
+    for n in range(gmta.log.BUFFER_LINES):
+        log.info("line", n=n)
+    assert len(lines(buffered_stderr)) == gmta.log.BUFFER_LINES
+
+
+def test_a_line_from_another_thread_is_written_at_once(buffered_stderr):
+    import threading as native_threading
+    start_thread = gevent.monkey.get_original("threading", "Thread") \
+        if gevent.monkey.is_module_patched("threading") else native_threading.Thread
+    thread = start_thread(target=lambda: gmta.log.get("pool").info("from_thread"))
+    thread.start()
+    thread.join(5)
+    assert lines(buffered_stderr) == ["level=info module=pool event=from_thread"]
+
+
+def test_setup_again_and_shutdown_write_what_is_left(buffered_stderr, tmp_path):
+    gmta.log.get("endpoint").info("pending")
+    gmta.log.setup([LogTarget("file", str(tmp_path / "gmta.log"))])   # stays buffered
+    assert lines(buffered_stderr) == ["level=info module=endpoint event=pending"]
+    gmta.log.get("endpoint").info("in_file")
+    logging.shutdown([weakref.ref(h) for h in logging.getLogger("gmta").handlers])
+    assert "event=in_file" in (tmp_path / "gmta.log").read_text()
+
+
+def test_reopen_writes_the_old_lines_to_the_old_file(tmp_path):
+    path = tmp_path / "gmta.log"
+    gmta.log.setup([LogTarget("file", str(path))], buffered=True)
+    try:
+        gmta.log.get("endpoint").info("old")
+        path.rename(tmp_path / "gmta.log.1")
+        assert gmta.log.reopen_files() == 1
+        gmta.log.get("endpoint").info("new")
+        gevent.sleep(0)
+        assert "event=old" in (tmp_path / "gmta.log.1").read_text()
+        assert "event=old" not in path.read_text() and "event=new" in path.read_text()
+    finally:
+        gmta.log.setup([], buffered=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 import re
@@ -199,21 +200,41 @@ def test_commit_logs_each_file(target, root, log_lines):
     assert line.startswith("module=target.maildir event=delivered msg_id=m1 maildir=")
 
 
-def test_commit_fsyncs_the_file_before_the_rename_and_new_after(target, root, monkeypatch):
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_commit_syncs_the_file_before_the_rename_and_new_after(target, root, monkeypatch,
+                                                               tmp_path, in_memory):
+    """The data is durable before its name moves into new/: a body in memory is
+    one write to a file opened O_SYNC, a body in a file is fsynced after the copy."""
     events = []
-    real_fsync, real_rename = os.fsync, os.rename
+    real_fsync, real_rename, real_write = os.fsync, os.rename, os.write
 
     def fsync(fd):
         events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
+
+    def write(fd, data):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_SYNC:
+            events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_write(fd, data)
 
     def rename(src, dst):
         events.append(("rename", str(src), str(dst)))
         real_rename(src, dst)
 
     monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "write", write)
     monkeypatch.setattr(os, "rename", rename)
-    deliver(target, ["a@example.test", "b@example.test"])
+    if in_memory:
+        body = MemoryBuffer(b"body\r\n")
+    else:
+        writer = BufferWriter(0, str(tmp_path / "buffer"))
+        writer.write(b"body\r\n")
+        body = writer.finish()
+    delivery = target.start_delivery(META, "s@x.test")
+    for rcpt in ["a@example.test", "b@example.test"]:
+        delivery.add_rcpt(rcpt)
+    delivery.body(b"Subject: hi\r\n\r\n", body)
+    delivery.commit()
     maildirs = [str(root / "example.test" / local) for local in ("a", "b")]
     renames = [e for e in events if e[0] == "rename"]
     assert [os.path.dirname(os.path.dirname(src)) for _, src, _ in renames] == maildirs
@@ -226,6 +247,7 @@ def test_commit_fsyncs_the_file_before_the_rename_and_new_after(target, root, mo
         assert events.index(("fsync", src)) < events.index(("rename", src, dst))
         # ...and new/ itself was synced after the rename.
         assert ("fsync", os.path.join(maildir, "new")) in events[events.index(("rename", src, dst)):]
+        assert stored(maildir)[0].endswith(b"Subject: hi\r\n\r\nbody\r\n")
 
 
 def test_abort_removes_the_tmp_files(target, root):
