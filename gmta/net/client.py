@@ -445,18 +445,18 @@ class SMTPClient:
         return self._send_data_content(pieces)
 
     def _send_data_content(self, pieces: Iterable[bytes]) -> list[Response]:
-        """The content after the 354, gathered into writes of about CONTENT_PIECE
-        bytes, the end marker (RFC 5321 §4.1.1.4) in the last one."""
+        """The content after the 354, gathered into writes of at most CONTENT_PIECE
+        bytes (or one bigger piece), the end marker (RFC 5321 §4.1.1.4) in the last."""
         machine = self.machine
         batch: list[bytes] = []
         size = 0
         for piece in pieces:
             wire = machine.data_content(piece)
-            batch.append(wire)
-            size += len(wire)
-            if size >= CONTENT_PIECE:
+            if size and size + len(wire) > CONTENT_PIECE:
                 self._write(b"".join(batch))
                 batch, size = [], 0
+            batch.append(wire)
+            size += len(wire)
         batch.append(machine.data_end())
         self._write(b"".join(batch))
         return self._final_responses()

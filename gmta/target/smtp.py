@@ -343,7 +343,8 @@ class ForwardDelivery:
             results[rcpt] = error
         if not self.rcpts:
             return results
-        if envelope.ready:
+        if envelope.data_error is None and self.client.usable:
+            # After the 354 (ready), or BDAT when the server offers CHUNKING.
             results.update(self._content_results(header, body))
             return results
         error = envelope.data_error or SMTPError(451, (4, 4, 2), "Connection to the "
