@@ -55,15 +55,16 @@ smtp tcp://127.0.0.1:0 {{
     with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=30) as client:
         assert client.sendmail("a@example.org", ["b@example.test", "c@example.test"],
                                MESSAGE) == {}
+    # One line per recipient, the queue's, with what the sink said.
+    for rcpt in ("b@example.test", "c@example.test"):
+        line = gmta.wait_for(rf"module=queue event=delivered .*rcpt={rcpt}", timeout=20)
+        assert f"target={sink.address}" in line and 'reply="250 2.0.0 Ok' in line
+    # The sink's 250 came after its dump was written: the dump is whole now.
     [dump] = sink.wait_for_messages(1)
     dumped = dump.as_bytes()
     assert dump.get_all("X-Rcpt-Args") == ["<b@example.test>", "<c@example.test>"]
     # smtp-sink writes its dump with LF line ends, after undoing the dot-stuffing.
     assert MESSAGE.replace(b"\r\n", b"\n") in dumped
-    # One line per recipient, the queue's, with what the sink said.
-    for rcpt in ("b@example.test", "c@example.test"):
-        line = gmta.wait_for(rf"module=queue event=delivered .*rcpt={rcpt}", timeout=20)
-        assert f"target={sink.address}" in line and 'reply="250 2.0.0 Ok' in line
     assert not any("module=target.smtp event=delivered" in line for line in gmta.lines)
 
 
