@@ -28,13 +28,14 @@ The supervisor keeps every listening socket open for the whole run, so a
 worker restarts without root and the connections queued on a dead worker's
 socket wait for its successor instead of being refused.
 
-**The queue scheduler runs in worker 0 only** (each ``target.queue`` has
-exactly one scheduler): attempts, retries and DSNs are module code, which the
-supervisor never runs, so a crash in delivery code takes down one worker that
-is restarted like any other, and the supervisor stays small. Worker 0 also
-receives mail. The other workers commit into the same spool (the fcntl locks
-of ``gmta.queue.store`` keep them apart) and announce each new entry to worker
-0 by datagram (``gmta.queue.wakeup``), so it is attempted at once.
+**The queue's full scheduler runs in worker 0 only** (scans, retries, DSN
+timing): attempts, retries and DSNs are module code, which the supervisor
+never runs, so a crash in delivery code takes down one worker that is
+restarted like any other, and the supervisor stays small. Worker 0 also
+receives mail. Every worker commits into the same spool (the locks of
+``gmta.queue.store`` keep them apart) and makes the first attempt of what it
+committed, so delivery spreads over the workers; what another worker does not
+finish it hands to worker 0 by datagram (``gmta.queue.wakeup``).
 
 A worker whose supervisor disappears (SIGKILL) sees EOF on its socketpair and
 drains and stops as on SIGTERM, so no orphan keeps serving the ports.
@@ -124,7 +125,7 @@ class WorkerRole:
         return cls(index, spec["count"], control)
 
     def prepare(self, config: LoadedConfig) -> None:
-        """Before modules start: tag the logs, give the queues' schedulers to worker 0."""
+        """Before modules start: tag the logs, give the queues' full schedulers to worker 0."""
         from gmta.queue.target import QueueTarget
 
         gmta.log.set_process_fields(worker=self.index)

@@ -148,6 +148,14 @@ ENDPOINT_DIRECTIVES = (
 class EndpointSession:
     """The handler of one connection (see ``gmta.net.session.SessionHandler``)."""
 
+    # One per open connection, idle ones included: no per-instance __dict__.
+    __slots__ = (
+        "endpoint", "log", "peer", "session_id", "tls", "helo_name", "esmtp",
+        "delivery", "mail_from", "smtputf8", "rcpts", "meta", "writer", "header",
+        "header_done", "committed", "auth_user", "auth_credentials",
+        "logged_rcpt_errors", "lease", "sender_stage_done", "sender_error",
+        "body_error", "reverse_lookup")
+
     def __init__(self, endpoint: "SMTPEndpoint", peer: tuple, session_id: str, implicit_tls: bool):
         self.endpoint = endpoint
         self.log = endpoint.log

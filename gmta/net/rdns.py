@@ -89,22 +89,34 @@ def _same_address(ip: str, addresses: tuple[str, ...]) -> bool:
 class ReverseLookup:
     """A reverse lookup running in the background since the session started."""
 
+    __slots__ = ("ip", "timeout", "_started", "_greenlet", "_result")
+
     def __init__(self, resolver: Resolver, ip: str, timeout: float = RDNS_TIMEOUT):
         self.ip = ip
         self.timeout = timeout
         self._started = time.monotonic()
-        self._greenlet = gevent.spawn(reverse_name, resolver, ip, timeout)
+        self._result: ReverseName | None = None
+        self._greenlet: gevent.Greenlet | None = gevent.spawn(self._look_up, resolver)
+
+    def _look_up(self, resolver: Resolver) -> None:
+        self._result = reverse_name(resolver, self.ip, self.timeout)
+        # Only the answer is kept: a finished Greenlet (its args, value, links)
+        # would cost an idle session about 2 KiB for as long as it stays open.
+        self._greenlet = None
 
     def result(self) -> ReverseName:
         """The result, waiting for what is left of the timeout; TEMPERROR if it is not done."""
-        remaining = self.timeout - (time.monotonic() - self._started)
-        # The lookup bounds itself; the extra second only guards against a bug there.
-        self._greenlet.join(timeout=max(remaining, 0) + 1.0)
-        if self._greenlet.successful():
-            return self._greenlet.value
+        greenlet = self._greenlet
+        if greenlet is not None:
+            remaining = self.timeout - (time.monotonic() - self._started)
+            # The lookup bounds itself; the extra second only guards against a bug there.
+            greenlet.join(timeout=max(remaining, 0) + 1.0)
+        if self._result is not None:
+            return self._result
         self.cancel()
         return ReverseName(self.ip, None, TEMPERROR)
 
     def cancel(self) -> None:
-        if not self._greenlet.dead:
-            self._greenlet.kill(block=False)
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None and not greenlet.dead:
+            greenlet.kill(block=False)

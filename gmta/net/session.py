@@ -23,6 +23,7 @@ import gevent.socket
 import gmta.log
 from gmta import metrics
 from gmta.errors import SMTPError
+from gmta.net.waiting import wait_readable
 from gmta.proto.events import (CLOSED, NEED_DATA, Auth, BodyChunk, Connected, DataStart, Ehlo,
                                Helo, Lhlo, Mail, MessageEnd, ProtocolError, Quit, Rcpt, Rset,
                                StartTLS)
@@ -40,6 +41,12 @@ _PlainSocket = gevent.socket.socket
 IDLE_TIMEOUT = SMTPError(421, (4, 4, 2), "Idle timeout, bye bye")
 SHUTTING_DOWN = SMTPError(421, (4, 3, 2), "Service shutting down, try again later")
 INTERNAL_ERROR = SMTPError(451, (4, 3, 0), "Internal error, try again later")
+
+
+def _has_pending(sock) -> bool:
+    """Whether a TLS socket holds decrypted bytes not read yet."""
+    pending = getattr(sock, "pending", None)
+    return pending is not None and pending() > 0
 
 
 class SessionHandler(Protocol):
@@ -66,6 +73,11 @@ class StopRequested(Exception):
 
 
 class SessionDriver:
+    # One per open connection, idle ones included: no per-instance __dict__.
+    __slots__ = (
+        "sock", "conn", "handler", "read_timeout", "write_timeout", "tls_context",
+        "io_debug", "session_id", "log", "endpoint", "stopping", "idle")
+
     def __init__(self, sock, conn: ServerConnection, handler: SessionHandler, *,
                  read_timeout: float, write_timeout: float,
                  tls_context: ssl.SSLContext | None = None, io_debug: bool = False,
@@ -127,9 +139,18 @@ class SessionDriver:
             raise ClientGone(str(e)) from None
 
     def _read(self) -> bytes:
+        sock = self.sock
         try:
-            self.sock.settimeout(self.read_timeout)
-            data = self.sock.recv(RECV_SIZE)
+            # An idle session waits here for its next command: in wait_readable,
+            # which parks the greenlet in less memory than a recv that blocks.
+            # Plain and TLS sockets (gevent's SSLSocket is a subclass), not test
+            # doubles; and not when TLS already holds decrypted bytes: the
+            # descriptor may never become readable for them.
+            if isinstance(sock, _PlainSocket) and not _has_pending(sock) \
+                    and not wait_readable(sock.fileno(), self.read_timeout):
+                raise TimeoutError
+            sock.settimeout(self.read_timeout)
+            data = sock.recv(RECV_SIZE)
         except (_stdlib_socket.timeout, TimeoutError):
             self._say_goodbye(IDLE_TIMEOUT)
             raise ClientGone("idle timeout") from None

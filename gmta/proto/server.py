@@ -149,6 +149,15 @@ class _Command:
 class ServerConnection:
     """One server session of SMTP, submission or LMTP (``lmtp=True``)."""
 
+    # One per open connection, idle ones included: no per-instance __dict__.
+    __slots__ = (
+        "hostname", "lmtp", "max_line_length", "max_message_size", "max_header_size",
+        "max_recipients", "max_bad_commands", "tls_available", "tls_active",
+        "auth_mechanisms", "auth_requires_tls", "submission", "dsn", "state",
+        "client_name", "esmtp", "authenticated_as", "_input", "_output", "_flush_due",
+        "_pending", "_pending_flushes", "_transaction", "_decoder", "_chunk", "_sasl",
+        "_bad_commands")
+
     def __init__(self, hostname: str, *, lmtp: bool = False,
                  max_line_length: int = 4000,
                  max_message_size: int = 32 * 1024 * 1024,

@@ -203,9 +203,11 @@ class Attempt:
             return None  # removed meanwhile (by another process or the CLI)
         try:
             try:
-                record = spool.read(entry_id)
+                # Through the lock's descriptor: one open of ID.msg for the whole
+                # pass (the record and, for a small message, the message too).
+                record = spool.read(entry_id, lock)
             except FileNotFoundError:
-                return None
+                return None  # removed meanwhile, or an orphan (the scan deletes it)
             except CorruptRecord as e:
                 self._set_aside(entry_id, lock, f"unreadable record: {e}")
                 return None
@@ -230,7 +232,7 @@ class Attempt:
         if flush_all and (record.last_attempt or 0.0) < flush_all:
             attempt_due = min(attempt_due, flush_all)
         if record.pending() and attempt_due <= now + 0.001 and not queue.stopping:
-            header, body = self.spool.message(record)
+            header, body = self.spool.message(record, lock)
             receipts: dict[str, dict] = {}
             results = deliver_once(queue.target, record, header, body, self.log, receipts)
             apply_results(record, results, time.time(), queue.max_tries)

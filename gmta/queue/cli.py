@@ -4,8 +4,9 @@ Every change takes the entry's lock (the one the daemon takes to deliver),
 waiting up to ``LOCK_TIMEOUT`` seconds for an attempt in progress to end, and
 is written with the same durable record update the daemon uses. A running
 daemon learns of ``flush`` and ``release`` through the queue's ``wakeup``
-file, whose modification time it polls every second; it then rescans the
-queue. ``flush`` of the whole queue writes the time into ``flush-all``:
+file, whose modification time it polls every second, and at once from a
+datagram on ``wakeup.sock`` (:func:`gmta.queue.wakeup.ask_for_rescan`); it
+then rescans the queue. ``flush`` of the whole queue writes the time into ``flush-all``:
 every entry last tried before that time is due now (without rewriting a
 million records). ``list`` and ``show`` only read.
 
@@ -65,12 +66,12 @@ def records(spool: "Spool"):
 
     for name in sorted(os.listdir(spool.msg_dir)):
         entry_id, _, kind = name.partition(".")
-        if kind != "meta":
+        if kind != "msg":   # every entry has one; ID.meta is a later record
             continue
         try:
             yield spool.read(entry_id), None
         except FileNotFoundError:
-            continue  # delivered or removed while we listed
+            continue  # delivered or removed while we listed, or an orphan
         except (CorruptRecord, OSError) as e:
             yield entry_id, str(e)
 
@@ -130,12 +131,12 @@ def show(spool: "Spool", entry_id: str, as_json: bool) -> None:
     click.echo(header.decode("utf-8", "replace").rstrip("\r\n").replace("\r\n", "\n"))
 
 
-def _read(spool: "Spool", entry_id: str) -> "QueuedMessage":
+def _read(spool: "Spool", entry_id: str, lock=None) -> "QueuedMessage":
     from gmta.queue.record import CorruptRecord
 
     _check_id(entry_id)
     try:
-        return spool.read(entry_id)
+        return spool.read(entry_id, lock)
     except FileNotFoundError:
         raise click.ClickException(f"no message {entry_id} in the queue") from None
     except CorruptRecord as e:
@@ -166,7 +167,7 @@ def change(spool: "Spool", entry_id: str, action: str) -> None:
             spool.remove(lock)
             click.echo(f"{entry_id}: removed")
             return
-        record = _read(spool, entry_id)
+        record = _read(spool, entry_id, lock)
         if action == "hold":
             record.held = True
         else:  # flush, release: due now
@@ -177,14 +178,21 @@ def change(spool: "Spool", entry_id: str, action: str) -> None:
     finally:
         lock.release()
     if action != "hold":
-        spool.request_wakeup()
+        _wake_daemon(spool)
     click.echo(f"{entry_id}: {'held' if action == 'hold' else 'due now'}")
 
 
 def flush_all(spool: "Spool") -> None:
     spool.request_flush_all(time.time())
-    spool.request_wakeup()
+    _wake_daemon(spool)
     click.echo("every message is due now")
+
+
+def _wake_daemon(spool: "Spool") -> None:
+    from gmta.queue.wakeup import ask_for_rescan
+
+    spool.request_wakeup()  # the file first: a daemon that rescans must see it changed
+    ask_for_rescan(spool)
 
 
 def register(main: click.Group, config_option) -> None:

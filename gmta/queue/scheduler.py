@@ -10,7 +10,8 @@
   :class:`gmta.queue.attempt.Attempt` on due entries.
 - **Rescans** (a full pass over ``msg/`` in the threadpool, a batch at a time)
   happen at start-up (with recovery), when ``gmta queue flush|release``
-  touches the ``wakeup`` file (polled every ``WAKEUP_POLL`` seconds), every
+  touches the ``wakeup`` file (polled every ``WAKEUP_POLL`` seconds, and
+  announced at once by a datagram on ``wakeup.sock``), every
   ``RESCAN_INTERVAL`` seconds so that a second daemon on the same queue takes
   over what a dead one left, and when an overflowing window needs refilling.
 - **Retirement** (configuration reload, :mod:`gmta.daemon.reload`): the old
@@ -20,10 +21,14 @@
   sessions still on the old configuration, attempts that end late) goes to the
   successor. The successor starts only after that, so one directory never has
   two schedulers dispatching at once.
-- **Other receiving processes** (``workers N``) send each id they commit to
-  the scheduler's wakeup socket (:mod:`gmta.queue.wakeup`); it is scheduled
-  at once, without a rescan. On reload the retiring scheduler closes the
-  socket before its successor binds it again.
+- **Other receiving processes** (``workers N``) run a scheduler of *first
+  attempts* (:meth:`Scheduler.start` with a ``hand_off``): each id they commit
+  is attempted there, by the process that received it, so delivery spreads
+  over the workers instead of queueing behind one. It never scans: what it
+  cannot finish (a deferral, a busy entry, more than its window, a stop) goes
+  by id to the full scheduler's wakeup socket (:mod:`gmta.queue.wakeup`),
+  which takes it at once, without a rescan. On reload the retiring scheduler
+  closes the socket before its successor binds it again.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from typing import Callable
 
 import gevent
 from gevent.event import Event
@@ -70,6 +76,10 @@ class Scheduler:
         #: Set by retire(): the scheduler that now runs this queue directory.
         self.successor: Scheduler | None = None
         self.retired = False
+        #: A scheduler of first attempts (``workers N``, not worker 0) gives every
+        #: id it will not attempt now to the full scheduler: ``hand_off(id)``.
+        self.hand_off: Callable[[str], None] | None = None
+        self.stopped = False
 
     # -- the window ----------------------------------------------------------------------
 
@@ -83,10 +93,18 @@ class Scheduler:
             return
         if entry_id in self._active:
             return  # its worker reschedules it when done
+        if self.hand_off is not None and (self.stopped or due > time.time()):
+            # Only first attempts run here; retries are the full scheduler's.
+            self.hand_off(entry_id)
+            return
         known = self._due.get(entry_id)
         if known is not None and known <= due:
             return
         if known is None and len(self._due) >= self.window:
+            if self.hand_off is not None:
+                # No rescan here to bring it back later: the full scheduler takes it.
+                self.hand_off(entry_id)
+                return
             latest_id = max(self._due, key=self._due.__getitem__)
             if self._due[latest_id] <= due:
                 self._overflow = True
@@ -110,18 +128,28 @@ class Scheduler:
 
     # -- running -------------------------------------------------------------------------
 
-    def start(self, resumed: bool = False, listen_for_wakeups: bool = False) -> None:
+    def start(self, resumed: bool = False, listen_for_wakeups: bool = False,
+              hand_off: Callable[[str], None] | None = None) -> None:
         """Begin dispatching; *resumed*: taking over on reload, not a start-up of gmta
         (no ``post_init_delay``: the entries were due for the predecessor too);
-        *listen_for_wakeups*: other processes receive into this queue (``workers N``)."""
+        *listen_for_wakeups*: other processes receive into this queue (``workers N``);
+        *hand_off*: run only the first attempts of what this process commits, and
+        give everything else to the full scheduler through this callable (no
+        scans, no retries, no wakeup polling here)."""
         if self.retired:
             return  # retired before it started (two reloads in quick succession)
         self.started_at = time.time()
-        if listen_for_wakeups:
-            # Before the start-up scan: what is committed after this point is
-            # announced, what was committed before is found by the scan.
-            self._wakeups = WakeupListener(self.spool, self._woken, self.log)
-            self._wakeups.start()
+        if hand_off is not None:
+            self.hand_off = hand_off
+            self._greenlets = [gevent.spawn(self._dispatch)]
+            return
+        # Before the start-up scan: what other workers commit after this point is
+        # announced, what was committed before is found by the scan. Without other
+        # workers only `gmta queue` sends here (RESCAN).
+        self._wakeups = WakeupListener(self.spool, self._woken, self.log,
+                                       on_rescan=self._rescan.set,
+                                       quiet=not listen_for_wakeups)
+        self._wakeups.start()
         self._greenlets = [gevent.spawn(self._dispatch),
                            gevent.spawn(self._maintain, not resumed)]
 
@@ -165,6 +193,13 @@ class Scheduler:
             self._wakeups = None
         for greenlet in self._greenlets:
             greenlet.kill(block=True, timeout=2)
+        self.stopped = True
+        if self.hand_off is not None:
+            # Committed here but not attempted yet: the full scheduler's now
+            # (or, if it is stopping too, its next start-up scan's).
+            window, self._due, self._heap = self._due, {}, []
+            for entry_id in window:
+                self.hand_off(entry_id)
         # Attempts see queue.stopping and start no new delivery; let running
         # ones record their results.
         self.pool.join(timeout=grace)
@@ -205,7 +240,7 @@ class Scheduler:
         finally:
             self._active.discard(entry_id)
         if due is not None:
-            self.schedule(entry_id, due)
+            self.schedule(entry_id, due)  # with hand_off: to the full scheduler
 
     def _maintain(self, startup: bool = True) -> None:
         """Recovery, then rescans on request, on wakeup and periodically."""
@@ -259,7 +294,8 @@ class Scheduler:
                 elif event.kind == "orphan":
                     orphans += 1
                     self.log.info("orphan_removed", queue_id=event.id,
-                                  reason="message file without record, never acknowledged")
+                                  reason="message file without a current record: never "
+                                         "acknowledged, or its removal was cut short")
         self._overflow = total > len(earliest)
         for negated, entry_id in earliest:
             self.schedule(entry_id, -negated)

@@ -3,17 +3,29 @@
 Layout of a queue directory (``docs/reference/queue.md`` has the details)::
 
     LOCATION/
-      FORMAT        "gmta-queue 1": the layout version, checked at start
+      FORMAT        "gmta-queue 2": the layout version, checked at start
       tmp/          files being written; never part of an entry
-      msg/ID.msg    the message as received: header, then body (never rewritten)
-      msg/ID.meta   the record (JSON, gmta.queue.record), replaced atomically
+      msg/ID.msg    the entry: a prefix line, the initial record, then the message as
+                    received (header, then body); only the prefix's flag byte is ever
+                    rewritten
+      msg/ID.meta   a later record (JSON, gmta.queue.record), replaced atomically; when
+                    it exists it supersedes the record embedded in ID.msg
       corrupt/      entries recovery could not read, with ID.reason
       wakeup        touched by ``gmta queue flush|release``; the daemon polls its mtime
       flush-all     time of the last ``gmta queue flush`` of the whole queue
 
-An entry exists when ``msg/ID.meta`` exists. ``ID.msg`` is renamed into
-``msg/`` before ``ID.meta`` and unlinked after it, so a ``.meta`` without its
-``.msg`` is damage from outside, never a state gmta leaves.
+An entry exists when ``msg/ID.msg`` exists and has a current record: its own
+(flag ``R``) or ``ID.meta``. One new file per message in the common case (a
+message delivered at its first attempt never gets an ``ID.meta``): every new
+inode costs the file system a search for a free one, and that search and the
+fsyncs were most of a relayed message's cost (bench/README.md).
+
+The prefix's flag turns from ``R`` to ``M`` (durably) once ``ID.meta`` is
+durable, and before ``ID.meta`` can be unlinked: so an ``ID.msg`` left alone
+by a removal cut short is recognised as an orphan, and its stale initial
+record never brings back recipients already delivered. A layout-1 ``ID.msg``
+(``gmta-queue 1``: no prefix) keeps its record in ``ID.meta`` and reads as
+before.
 
 **Locks.** Whoever delivers, changes or removes an entry holds an exclusive
 ``flock`` on ``ID.msg`` (the one file of an entry that is never replaced, so
@@ -43,11 +55,34 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from gmta.buffer import Buffer
+from gmta.buffer import Buffer, MemoryBuffer
 from gmta.durable import create_file, fsync_dir, rename_out_of
 from gmta.queue.record import CorruptRecord, QueuedMessage
 
-LAYOUT = "gmta-queue 1"
+LAYOUT = "gmta-queue 2"
+#: Layouts a start upgrades in place: their entries read unchanged (FORMAT is
+#: rewritten, so an older gmta refuses the directory instead of taking new
+#: entries for orphans and deleting them).
+UPGRADABLE_LAYOUTS = ("gmta-queue 1",)
+#: The start of a layout-2 ``ID.msg``; the flag byte and the record's length
+#: follow on the same line. A layout-1 ``ID.msg`` begins with a header line,
+#: which cannot begin with a NUL byte.
+ENTRY_MAGIC = b"\x00gmta-entry 2 "
+FLAG_OFFSET = len(ENTRY_MAGIC)
+#: The embedded record is the entry's record (no ``ID.meta`` was ever made durable).
+RECORD_HERE = b"R"
+#: The record is ``ID.meta``; the embedded one is stale. Without ``ID.meta``
+#: the entry is gone (a removal cut short) and ``ID.msg`` is an orphan.
+RECORD_IN_META = b"M"
+#: The prefix line is short; a longer one is damage.
+MAX_PREFIX_LINE = 64
+#: A record longer than this is damage (a record of 10,000 recipients is ~2 MB).
+MAX_RECORD = 64 << 20
+#: First read of an ``ID.msg``: without the lock (scans, the CLI) the prefix and
+#: a typical record; by the lock holder (an attempt) usually the whole message
+#: too, which then needs no second open (:meth:`Spool.message`).
+HEAD_READ = 4096
+HEAD_READ_LOCKED = 32768
 COPY_CHUNK = 1 << 16
 #: tmp/ files younger than this are left alone by recovery: a writer creates a
 #: file and locks it in two system calls, and must not lose it in between.
@@ -91,11 +126,30 @@ class SpoolBody(Buffer):
 
 
 @dataclass
+class EntryHead:
+    """What the first bytes of an ``ID.msg`` say."""
+
+    #: The bytes read from the start of the file (the prefix, and maybe more).
+    data: bytes
+    #: The embedded record's JSON; None in a layout-1 file (no prefix).
+    record: bytes | None
+    #: Flag ``R``: the embedded record is current (False: flag ``M``, or layout 1).
+    current: bool
+    #: Where the message (its header) begins in the file.
+    message_offset: int
+
+
+@dataclass
 class EntryLock:
-    """An exclusive lock on one entry (an open ``ID.msg`` with ``flock``)."""
+    """An exclusive lock on one entry (an open ``ID.msg`` with ``flock``), and what
+    its holder learned about the entry while holding it (None: not known yet)."""
 
     id: str
     fd: int
+    head: EntryHead | None = None
+    #: Whether ``ID.meta`` exists, so a removal does not try to unlink a file
+    #: that was never made (the common case).
+    has_meta: bool | None = None
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -105,7 +159,7 @@ class EntryLock:
 
 @dataclass
 class Staged:
-    """A message written to ``tmp/`` (steps 1–2) and not yet published."""
+    """A message written to ``tmp/`` (step 1) and not yet published."""
 
     id: str
     lock: EntryLock
@@ -140,8 +194,11 @@ class Spool:
 
     # -- set-up ------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Create the directories, or check that an existing queue has our layout."""
+    def prepare(self) -> str | None:
+        """Create the directories, or check that an existing queue has our layout.
+
+        Returns the old layout when it upgraded one in place (the caller logs it).
+        """
         format_path = os.path.join(self.root, "FORMAT")
         os.makedirs(self.root, mode=0o750, exist_ok=True)
         for path in (self.tmp_dir, self.msg_dir, self.corrupt_dir):
@@ -150,19 +207,26 @@ class Spool:
             with open(format_path) as f:
                 layout = f.read().strip()
         except FileNotFoundError:
-            _write_durably(format_path, (LAYOUT + "\n").encode(), self.tmp_dir)
-            fsync_dir(self.root)
-            return
-        if layout != LAYOUT:
+            layout = None
+        if layout == LAYOUT:
+            return None
+        if layout is not None and layout not in UPGRADABLE_LAYOUTS:
             raise OSError(errno.EINVAL, f"unknown queue layout {layout!r} (expected {LAYOUT!r})",
                           format_path)
+        # A new queue, or layout 1: its entries (ID.msg without prefix, record in
+        # ID.meta) read as they are, so only FORMAT changes. Durably, before any
+        # layout-2 entry exists: an older gmta must refuse the directory rather
+        # than delete those entries as orphans.
+        _write_durably(format_path, (LAYOUT + "\n").encode(), self.tmp_dir)
+        fsync_dir(self.root)
+        return layout
 
     # -- receiving: the commit order ---------------------------------------------------
 
     def stage(self, record: QueuedMessage, header: bytes, body: Buffer) -> Staged:
-        """Steps 1–2 of accepting a message: both files written and fsynced in ``tmp/``."""
+        """Step 1 of accepting a message: ``tmp/ID.msg`` (prefix, record, message) written
+        and fsynced."""
         tmp_msg = os.path.join(self.tmp_dir, record.id + ".msg")
-        tmp_meta = os.path.join(self.tmp_dir, record.id + ".meta")
         # Step 1: tmp/ID.msg, locked from its creation until it is published, so
         # that recovery in another process never takes it for a leftover.
         # Crash here: tmp/ID.msg is left, unlocked; recovery deletes it. The
@@ -171,44 +235,35 @@ class Spool:
         lock = EntryLock(record.id, fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            body.write_to(fd, header)
+            body.write_to(fd, entry_prefix(_encode(record)) + header)
             os.fsync(fd)
-            # Step 2: tmp/ID.meta, fsynced. Crash here: both files in tmp/, both
-            # deleted by recovery; still no 250.
-            _write_durably(tmp_meta, _encode(record), None)
         except BaseException:
-            _unlink_quietly(tmp_meta)
             _unlink_quietly(tmp_msg)
             lock.release()
             raise
         return Staged(record.id, lock)
 
     def publish_renames(self, staged: Staged) -> list[tuple[str, str]]:
-        """Steps 3–4 of :meth:`publish`, as (source, destination) in their order, for a
-        caller that makes them durable itself (``DirectorySync`` over ``msg/``, which
-        renames them in the pool just before its fsync)."""
-        entry_id = staged.id
-        # Step 3: the message file first. Crash after it: msg/ID.msg without
-        # ID.meta, an orphan; recovery (which needs the lock, released by the
-        # crash) deletes it. No 250 was given.
-        # Step 4: the record; from now on the entry exists. Crash after it but
-        # before step 5: the entry may or may not survive (the directory was
-        # not fsynced); either way no 250 was given, and if it survives it is
+        """Step 2 of :meth:`publish`, as (source, destination), for a caller that makes
+        it durable itself (``DirectorySync`` over ``msg/``, which renames in the pool
+        just before its fsync)."""
+        # Step 2: the entry, whole, in one rename. Crash after it but before
+        # step 3: the entry may or may not survive (the directory was not
+        # fsynced); either way no 250 was given, and if it survives it is
         # delivered like any other entry.
-        return [(os.path.join(self.tmp_dir, entry_id + ".msg"), self.msg_path(entry_id)),
-                (os.path.join(self.tmp_dir, entry_id + ".meta"), self.meta_path(entry_id))]
+        return [(os.path.join(self.tmp_dir, staged.id + ".msg"), self.msg_path(staged.id))]
 
     def publish(self, staged: Staged, sync_dir: bool = True) -> None:
-        """Steps 3–5: rename both files into ``msg/`` and fsync it; then a 250 may go out.
+        """Steps 2–3: rename ``ID.msg`` into ``msg/`` and fsync it; then a 250 may go out.
 
-        With ``sync_dir=False`` the caller does step 5 itself and calls
-        :meth:`unpublish` if that sync fails. (The daemon does steps 3–5 in one
+        With ``sync_dir=False`` the caller does step 3 itself and calls
+        :meth:`unpublish` if that sync fails. (The daemon does steps 2–3 in one
         group commit for every message published meanwhile: :meth:`publish_renames`.)
         """
         try:
             for source, destination in self.publish_renames(staged):
                 os.rename(source, destination)
-            # Step 5: make both renames durable. Only after this returns may the
+            # Step 3: make the rename durable. Only after this returns may the
             # client hear 250 (DESIGN §4.1).
             if sync_dir:
                 fsync_dir(self.msg_dir)
@@ -217,21 +272,17 @@ class Spool:
             raise
 
     def unpublish(self, staged: Staged) -> None:
-        """Undo a failed :meth:`publish` (or its renames): the client will hear 4xx, so
+        """Undo a failed :meth:`publish` (or its rename): the client will hear 4xx, so
         the entry must not be delivered. Releases the lock."""
-        entry_id = staged.id
         try:
-            _unlink_quietly(self.meta_path(entry_id))
-            _unlink_quietly(self.msg_path(entry_id))
+            _unlink_quietly(self.msg_path(staged.id))
         finally:
-            self.discard(staged)   # the files left in tmp/, and the lock
+            self.discard(staged)   # the file left in tmp/, and the lock
 
     def discard(self, staged: Staged) -> None:
         """Forget a staged message (the transaction was aborted or failed)."""
         try:
-            for path in (os.path.join(self.tmp_dir, staged.id + ".msg"),
-                         os.path.join(self.tmp_dir, staged.id + ".meta")):
-                _unlink_quietly(path)
+            _unlink_quietly(os.path.join(self.tmp_dir, staged.id + ".msg"))
         finally:
             staged.lock.release()
 
@@ -241,7 +292,8 @@ class Spool:
         """The entry's lock if it is free and the entry exists, else None (never blocks)."""
         path = self.msg_path(entry_id)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # Read-write: the holder may turn the prefix's flag (_supersede).
+            fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
             return None
         try:
@@ -275,10 +327,32 @@ class Spool:
 
     # -- reading and changing entries (the caller holds the lock to change) -------------
 
-    def read(self, entry_id: str) -> QueuedMessage:
-        """The record of an entry; FileNotFoundError if it is gone, CorruptRecord if unreadable."""
-        with open(self.meta_path(entry_id), "rb") as f:
-            data = f.read()
+    def read(self, entry_id: str, lock: EntryLock | None = None) -> QueuedMessage:
+        """The record of an entry: ``ID.meta`` if there is one, else the one in ``ID.msg``.
+
+        With *lock* (held on this entry) it reads through the lock's descriptor
+        and notes what it saw in the lock. Raises FileNotFoundError if the entry
+        is gone (:class:`NoRecord` if its ``ID.msg`` is still there without a
+        current record: an orphan), CorruptRecord if the record is unreadable.
+        """
+        # ID.msg first, then ID.meta: a writer makes ID.meta durable before it
+        # turns the flag to M, so a flag M seen here means ID.meta existed, and
+        # its absence now means a removal; with flag R, ID.meta may exist or not
+        # and supersedes the embedded record if it does. No lock needed for that.
+        head = lock.head if lock is not None and lock.head is not None else \
+            self._read_head(entry_id, lock)
+        try:
+            with open(self.meta_path(entry_id), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = None
+        if lock is not None:
+            lock.head, lock.has_meta = head, data is not None
+        if data is None:
+            if head.record is None or not head.current:
+                raise NoRecord(errno.ENOENT, "message file without a current record",
+                               self.msg_path(entry_id))
+            data = head.record
         try:
             record = QueuedMessage.from_json(json.loads(data))
         except (ValueError, UnicodeDecodeError) as e:
@@ -287,14 +361,39 @@ class Spool:
             raise CorruptRecord(f"record of {record.id!r} stored as {entry_id!r}")
         return record
 
-    def message(self, record: QueuedMessage) -> tuple[bytes, SpoolBody]:
-        """The header bytes and the body of a queued message."""
+    def _read_head(self, entry_id: str, lock: EntryLock | None) -> EntryHead:
+        if lock is not None:
+            return read_head(lock.fd, HEAD_READ_LOCKED)
+        fd = os.open(self.msg_path(entry_id), os.O_RDONLY)
+        try:
+            return read_head(fd, HEAD_READ)
+        finally:
+            os.close(fd)
+
+    def message(self, record: QueuedMessage,
+                lock: EntryLock | None = None) -> tuple[bytes, Buffer]:
+        """The header bytes and the body of a queued message.
+
+        With *lock* (after :meth:`read` with it) a message that fits in what that
+        read already got is returned from memory, without opening the file again.
+        """
         path = self.msg_path(record.id)
-        with open(path, "rb") as f:
-            header = f.read(record.header_size)
-        if len(header) != record.header_size:
-            raise CorruptRecord(f"{record.id}.msg is shorter than its header")
-        return header, SpoolBody(path, record.header_size, record.size - record.header_size)
+        if lock is not None:
+            if lock.head is None:
+                lock.head = read_head(lock.fd, HEAD_READ_LOCKED)
+            head, header = lock.head, _header(lock.head, lock.fd, record)
+        else:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                head = read_head(fd, HEAD_READ)
+                header = _header(head, fd, record)
+            finally:
+                os.close(fd)
+        body_start = head.message_offset + record.header_size
+        body_size = record.size - record.header_size
+        if lock is not None and body_start + body_size <= len(head.data):
+            return header, MemoryBuffer(head.data[body_start:body_start + body_size])
+        return header, SpoolBody(path, body_start, body_size)
 
     def write(self, lock: EntryLock, record: QueuedMessage) -> None:
         """Replace the record durably (the caller holds *lock*)."""
@@ -307,22 +406,48 @@ class Spool:
         try:
             _write_durably(tmp, _encode(record), None)
             # Step U2: atomic replacement. Step U3: the directory fsync makes it
-            # durable; a crash between them leaves the old or the new record.
+            # durable; a crash between them leaves the old or the new record
+            # (ID.meta, or the embedded one while the flag is still R).
             os.rename(tmp, self.meta_path(record.id))
         except BaseException:
             _unlink_quietly(tmp)
             raise
+        lock.has_meta = True
         fsync_dir(self.msg_dir)
+        # Step U4 (the first update only): flag M, durably. Crash before it:
+        # ID.meta and flag R, which reads the same (ID.meta supersedes), and
+        # whoever removes the entry turns the flag first (remove()).
+        self._supersede(lock)
+
+    def _supersede(self, lock: EntryLock) -> None:
+        """Turn the flag of a layout-2 ``ID.msg`` to M, durably (once ``ID.meta`` is
+        durable): without it, an ``ID.msg`` left alone by a removal cut between its
+        two unlinks would read as a complete entry whose initial record has every
+        recipient pending, and recipients delivered since would be sent again."""
+        if lock.head is None:
+            lock.head = read_head(lock.fd, HEAD_READ)
+        head = lock.head
+        if head.record is None or not head.current:
+            return  # layout 1 (its record is ID.meta), or already turned
+        _write_at(lock.fd, RECORD_IN_META, FLAG_OFFSET)
+        os.fdatasync(lock.fd)
+        head.current = False
 
     def remove(self, lock: EntryLock, sync_dir: bool = True) -> None:
-        """Delete the entry (the caller holds *lock*): record first, then the message.
+        """Delete the entry (the caller holds *lock*): ``ID.meta`` if any, then ``ID.msg``.
 
-        Crash between the two unlinks: an orphan ``ID.msg``, which recovery
-        deletes. The reverse order could leave a record without its message.
-        With ``sync_dir=False`` the caller makes the removal durable (the
-        daemon's group commit); until then a crash may bring the entry back.
+        Crash between the two unlinks: an ``ID.msg`` with flag M (or of layout 1)
+        and no record, an orphan, which recovery deletes. The reverse order could
+        leave a record without its message. With ``sync_dir=False`` the caller
+        makes the removal durable (the daemon's group commit); until then a crash
+        may bring the entry back.
         """
-        _unlink_quietly(self.meta_path(lock.id))
+        if lock.has_meta is not False:
+            # None: not known (the CLI removes without reading). Before the
+            # record goes, the stale embedded one must be marked so.
+            if lock.has_meta or os.path.exists(self.meta_path(lock.id)):
+                self._supersede(lock)
+                _unlink_quietly(self.meta_path(lock.id))
         _unlink_quietly(self.msg_path(lock.id))
         if sync_dir:
             fsync_dir(self.msg_dir)
@@ -400,27 +525,28 @@ class Spool:
         """Every entry of ``msg/``, repairing what a crash or damage left.
 
         Yields ``entry`` events with the record, and reports ``orphan``
-        (an ``ID.msg`` without record: deleted, it was never acknowledged),
-        ``corrupt`` (moved to ``corrupt/``) and ``busy`` (locked by someone,
-        checked later). Blocking: run it in the threadpool, a batch at a time.
+        (an ``ID.msg`` without a current record: deleted, it was never
+        acknowledged or its removal was cut short), ``corrupt`` (moved to
+        ``corrupt/``) and ``busy`` (locked by someone, checked later).
+        Blocking: run it in the threadpool, a batch at a time.
         """
         with os.scandir(self.msg_dir) as entries:
             for dirent in entries:
                 name = dirent.name
                 entry_id, dot, kind = name.partition(".")
-                if kind == "meta":
-                    yield self._scan_record(entry_id)
-                elif kind == "msg":
-                    event = self._scan_message(entry_id)
-                    if event is not None:
-                        yield event
+                if kind == "msg":
+                    event = self._scan_entry(entry_id)
+                elif kind == "meta":
+                    event = self._scan_record(entry_id)
                 else:
                     # Not ours (an editor's backup, a stray copy): set aside, not deleted.
                     try:
                         os.rename(dirent.path, os.path.join(self.corrupt_dir, name))
                     except FileNotFoundError:
                         continue
-                    yield ScanEvent("corrupt", name, reason="unknown file in msg/")
+                    event = ScanEvent("corrupt", name, reason="unknown file in msg/")
+                if event is not None:
+                    yield event
 
     def census(self) -> tuple[int, float | None]:
         """How many entries ``msg/`` holds and the arrival time of the oldest (None
@@ -431,41 +557,48 @@ class Spool:
         with os.scandir(self.msg_dir) as entries:
             for dirent in entries:
                 entry_id, _, kind = dirent.name.partition(".")
-                if kind != "meta" or not valid_id(entry_id):
+                if kind != "msg" or not valid_id(entry_id):
                     continue
                 count += 1
                 if len(entry_id) >= 14 and (oldest is None or entry_id < oldest):
                     oldest = entry_id
         return count, (int(oldest[:14], 16) / 1e6 if oldest is not None else None)
 
-    def _scan_record(self, entry_id: str) -> ScanEvent:
-        if not os.path.exists(self.msg_path(entry_id)):
-            # Publishing renames ID.msg first and removing unlinks it last, so
-            # a record still there without its message is outside damage.
-            if os.path.exists(self.meta_path(entry_id)):
-                return self._set_aside(entry_id, "message file missing")
-            return ScanEvent("gone", entry_id)
+    def _scan_record(self, entry_id: str) -> ScanEvent | None:
+        if os.path.exists(self.msg_path(entry_id)):
+            return None  # seen (or to be seen) through its message file
+        # A record without its message: ID.msg is renamed into msg/ before any
+        # ID.meta is written and unlinked after it, so this is outside damage.
+        if os.path.exists(self.meta_path(entry_id)):
+            return self._set_aside(entry_id, "message file missing")
+        return None
+
+    def _scan_entry(self, entry_id: str) -> ScanEvent | None:
         try:
             return ScanEvent("entry", entry_id, self.read(entry_id))
+        except NoRecord:
+            pass  # an orphan, or an entry just removed: settled under the lock below
         except FileNotFoundError:
-            return ScanEvent("gone", entry_id)
+            return None  # removed meanwhile
         except CorruptRecord as e:
             return self._set_aside(entry_id, f"unreadable record: {e}")
         except OSError as e:
             return ScanEvent("busy", entry_id, reason=e.strerror or str(e))
-
-    def _scan_message(self, entry_id: str) -> ScanEvent | None:
-        if os.path.exists(self.meta_path(entry_id)):
-            return None  # seen (or to be seen) through its record
         try:
             lock = self.try_lock(entry_id)
         except EntryBusy:
-            return ScanEvent("busy", entry_id)  # being published or removed right now
+            return ScanEvent("busy", entry_id)  # being removed right now
         if lock is None:
             return None
         try:
-            if os.path.exists(self.meta_path(entry_id)):
-                return None  # published between our check and the lock
+            try:
+                return ScanEvent("entry", entry_id, self.read(entry_id, lock))
+            except NoRecord:
+                pass
+            except CorruptRecord as e:
+                reason = f"unreadable record: {e}"
+                self.move_to_corrupt(entry_id, reason)
+                return ScanEvent("corrupt", entry_id, reason=reason)
             _unlink_quietly(self.msg_path(entry_id))
             return ScanEvent("orphan", entry_id)
         finally:
@@ -478,7 +611,7 @@ class Spool:
             return ScanEvent("busy", entry_id)
         try:
             if lock is None and not os.path.exists(self.meta_path(entry_id)):
-                return ScanEvent("gone", entry_id)
+                return None  # gone meanwhile
             self.move_to_corrupt(entry_id, reason)
         finally:
             if lock is not None:
@@ -514,6 +647,55 @@ class Spool:
 
 class EntryBusy(Exception):
     """Someone else holds the entry's lock."""
+
+
+class NoRecord(FileNotFoundError):
+    """``ID.msg`` exists but has no current record: a layout-1 message or a flag-M
+    one without ``ID.meta`` (an orphan, or an entry being removed)."""
+
+
+def entry_prefix(record_json: bytes) -> bytes:
+    """The start of a layout-2 ``ID.msg``: the prefix line and the record."""
+    return ENTRY_MAGIC + RECORD_HERE + b" %d\n" % len(record_json) + record_json
+
+
+def read_head(fd: int, size: int) -> EntryHead:
+    """Parse the start of an ``ID.msg`` (read with ``pread``: the descriptor may be shared)."""
+    data = os.pread(fd, size, 0)
+    if not data.startswith(ENTRY_MAGIC):
+        if data[:1] == b"\x00":
+            raise CorruptRecord("damaged prefix line in the message file")
+        return EntryHead(data, None, False, 0)  # layout 1: the message from byte 0
+    end = data.find(b"\n", FLAG_OFFSET, MAX_PREFIX_LINE)
+    flag = data[FLAG_OFFSET:FLAG_OFFSET + 1]
+    length = data[FLAG_OFFSET + 2:end]
+    if end < 0 or flag not in (RECORD_HERE, RECORD_IN_META) or \
+            data[FLAG_OFFSET + 1:FLAG_OFFSET + 2] != b" " or not length.isdigit() or \
+            int(length) > MAX_RECORD:
+        raise CorruptRecord("damaged prefix line in the message file")
+    start = end + 1
+    stop = start + int(length)
+    if len(data) < stop:
+        data += os.pread(fd, stop - len(data), len(data))
+        if len(data) < stop:
+            raise CorruptRecord("the message file is shorter than its record")
+    return EntryHead(data, data[start:stop], flag == RECORD_HERE, stop)
+
+
+def _header(head: EntryHead, fd: int, record: QueuedMessage) -> bytes:
+    """The message's header: from what was read already, else one more ``pread``."""
+    start = head.message_offset
+    header = head.data[start:start + record.header_size]
+    if len(header) < record.header_size:
+        header = os.pread(fd, record.header_size, start)
+    if len(header) != record.header_size:
+        raise CorruptRecord(f"{record.id}.msg is shorter than its header")
+    return header
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    if os.pwrite(fd, data, offset) != len(data):
+        raise OSError(errno.EIO, "short write of the message file's flag")
 
 
 def _encode(record: QueuedMessage) -> bytes:

@@ -29,7 +29,7 @@ from gmta.queue.notify import Notifier
 from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.schedule import DEFAULT_INITIAL_RETRY_TIME, DEFAULT_RETRY_TIME_SCALE
 from gmta.queue.scheduler import STOP_GRACE, Scheduler
-from gmta.queue.store import Spool, Staged, new_id
+from gmta.queue.store import LAYOUT, Spool, Staged, new_id
 from gmta.queue.wakeup import WakeupSender
 
 STORE_FAILED = SMTPError(451, (4, 3, 0), "Cannot queue the message now, try again later")
@@ -96,7 +96,7 @@ class QueueDelivery:
         queue = self.queue
         staged = self.staged
         try:
-            # Steps 3–5 of the commit order (gmta.queue.store): both renames, made in
+            # Steps 2–3 of the commit order (gmta.queue.store): the rename, made in
             # the pool just before one fsync of msg/ shared with every commit that
             # finishes meanwhile (group commit), before the 250.
             queue.msg_dir_sync.sync(queue.spool.publish_renames(staged))
@@ -114,10 +114,9 @@ class QueueDelivery:
         staged.lock.release()
         queue.log.info("queued", queue_id=staged.id, msg_id=self.meta.id,
                        sender=self.mail_from, rcpts=len(self.rcpts))
-        if queue.schedules:
-            queue.scheduler.schedule(staged.id, time.time())
-        else:
-            queue.wakeup_sender.send(staged.id)
+        # The first attempt runs in this process, also in a worker that does not run
+        # the full scheduler (workers N): it hands on only what it cannot finish.
+        queue.scheduler.schedule(staged.id, time.time())
 
     def abort(self) -> None:
         if self.staged is not None and not self.committed:
@@ -197,8 +196,9 @@ class QueueTarget(Module):
         self.scheduler = Scheduler(self)
         self.gauges = QueueGauges(self.instance_name, self.spool)
         self.stopping = False
-        #: False in a worker process that only receives (``workers N``, not worker 0):
-        #: the scheduler runs elsewhere and hears of new entries by wakeup datagram.
+        #: False in a worker process other than worker 0 (``workers N``): the full
+        #: scheduler (scans, retries, DSNs) runs elsewhere; this process attempts
+        #: only what it commits, once, and sends the rest there by wakeup datagram.
         self.schedules = True
         #: True when other processes receive into this queue: listen for their wakeups.
         self.shared = False
@@ -216,22 +216,34 @@ class QueueTarget(Module):
         return QueueDelivery(self, meta, mail_from)
 
     def share_with_workers(self, schedules: bool) -> None:
-        """Several processes receive into this queue; only the one with *schedules* delivers."""
+        """Several processes receive into this queue; only the one with *schedules* runs
+        the full scheduler, the others make first attempts only."""
         self.shared = True
         self.schedules = schedules
 
     def start(self) -> None:
-        in_threadpool(self.spool.prepare)
+        upgraded_from = in_threadpool(self.spool.prepare)
+        if upgraded_from is not None:
+            self.log.info("layout_upgraded", queue=self.instance_name, location=self.location,
+                          old=upgraded_from, new=LAYOUT)
         self.stopping = False
         if not self.schedules:
-            # Another process schedules; tell it of each commit from the first.
+            # Another process runs the full scheduler; what this one does not
+            # deliver at its first attempt goes there.
             self.wakeup_sender = WakeupSender(self.spool, self.log)
-        elif self.predecessor is None:
-            self.scheduler.start(listen_for_wakeups=self.shared)
+        if self.predecessor is None:
+            self._start_scheduler(resumed=False)
         # else (reload): take_over() starts the scheduler once the old one retired.
         self.gauges.track()
         self.log.info("queue_started", queue=self.instance_name, location=self.location,
-                      scheduler="here" if self.schedules else "worker 0")
+                      scheduler="here" if self.schedules else "worker 0",
+                      first_attempts="here")
+
+    def _start_scheduler(self, resumed: bool) -> None:
+        if self.schedules:
+            self.scheduler.start(resumed=resumed, listen_for_wakeups=self.shared)
+        else:
+            self.scheduler.start(resumed=resumed, hand_off=self.wakeup_sender.send)
 
     def stop_grace(self, timeout: float) -> None:
         self.grace = timeout
@@ -246,11 +258,12 @@ class QueueTarget(Module):
             if self.predecessor is not None:
                 self.predecessor.stopping = True
                 self.predecessor.scheduler.stop(self.grace)
+        if not self.scheduler.retired:
+            self.scheduler.stop(self.grace)
         if self.wakeup_sender is not None:
+            # After the scheduler's stop, which hands on what it did not attempt.
             self.wakeup_sender.close()
             self.wakeup_sender = None
-        if self.schedules and not self.scheduler.retired:
-            self.scheduler.stop(self.grace)
         # else: reloaded, the successor runs this directory and waits (up to
         # shutdown_timeout) for the attempts still running here; they are not
         # cut short because the old configuration's sessions have ended.
@@ -279,7 +292,7 @@ class QueueTarget(Module):
             self.log.warning("attempts_still_running", queue=self.instance_name, count=running,
                              hint="they finish under the old configuration")
         self.predecessor = None
+        self._start_scheduler(resumed=True)
         if self.schedules:
-            self.scheduler.start(resumed=True, listen_for_wakeups=self.shared)
             self.log.info("scheduler_taken_over", queue=self.instance_name,
                           location=self.location)

@@ -109,7 +109,8 @@ def test_a_queued_authenticated_message_keeps_no_password_on_disk(submission, st
     while os.listdir(state_dir / "q" / "tmp"):
         assert time.monotonic() < deadline, "the queue record update never finished"
         time.sleep(0.05)
-    files = [Path(root) / name for root, _, names in os.walk(state_dir / "q") for name in names]
+    files = [path for root, _, names in os.walk(state_dir / "q") for name in names
+             if (path := Path(root) / name).is_file()]  # not the scheduler's wakeup.sock
     records = [f for f in files if f.suffix == ".meta"]
     assert len(records) == 1
     conn = json.loads(records[0].read_text())["conn"]

@@ -123,15 +123,18 @@ def test_two_workers_share_the_port_and_lose_nothing(tmp_path, state_dir, quiet_
         for index in (0, 1):
             assert any(f"worker={index} module=endpoint event=connected" in line
                        for line in gmta.lines), f"worker {index} got no session"
-        # Worker 1's messages reach worker 0's scheduler by datagram, at once:
-        # delivered within seconds and without a rescan of the queue.
+        # Each worker attempts what it received, at once: delivered within
+        # seconds and without a rescan of the queue.
         deadline = time.monotonic() + 10
         while len(maildir_messages(state_dir, "u@d.test")) < CONNECTIONS:
             assert time.monotonic() < deadline, "messages not delivered in time"
             time.sleep(0.05)
         assert not any("event=scanned startup=no" in line for line in gmta.lines)
         assert not any("event=wakeup" in line for line in gmta.lines)
-        # Only worker 0 schedules.
+        for index in (0, 1):
+            assert any(f"worker={index} module=queue event=delivered" in line
+                       for line in gmta.lines), f"worker {index} delivered nothing"
+        # Only worker 0 runs the full scheduler.
         assert any("worker=1 module=queue event=queue_started" in line and
                    'scheduler="worker 0"' in line for line in gmta.lines)
         # The shared unix socket is served too.
@@ -277,6 +280,49 @@ def test_no_message_answered_250_is_lost_when_workers_or_the_supervisor_die(
     assert lost == []
     assert not list((state_dir / "q" / "msg").iterdir())
     assert not any((state_dir / "q" / "corrupt").iterdir())
+
+
+def test_a_deferral_in_another_worker_is_retried_by_worker_0(tmp_path, state_dir,
+                                                            quiet_dns_server):
+    """Worker 1 makes the first attempt of what it received; what it cannot deliver
+    goes to worker 0's scheduler, which makes the retries (by datagram, no rescan)."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens there: every attempt is refused, 4xx
+    conf = tmp_path / "gmta.conf"
+    conf.write_text(f"dns_servers {quiet_dns_server.directive}\n" +
+                    base_config(state_dir, "tls off\nworkers 2\n") + f"""
+target.smtp out {{
+    targets tcp://127.0.0.1:{dead_port}
+    attempt_starttls no
+}}
+target.queue q {{
+    target &out
+    initial_retry_time 300ms
+    max_tries 2
+    post_init_delay 0
+}}
+smtp tcp://127.0.0.1:0 {{ deliver_to &q }}
+""")
+    gmta = start(conf)
+    try:
+        send_in_parallel(gmta.port(), 16)
+        wait_for_count(gmta, r"module=queue event=failed ", 16)
+    finally:
+        status = gmta.stop()
+    assert status == 0, "\n".join(gmta.lines)
+    first, second = {}, {}
+    for line in gmta.lines:
+        m = re.search(r"worker=(\d) module=queue event=(?:deferred|failed) queue_id=(\S+) "
+                      r".*attempt=(\d)", line)
+        if m:
+            (first if m.group(3) == "1" else second)[m.group(2)] = int(m.group(1))
+    assert len(first) == len(second) == 16
+    from_worker_1 = [queue_id for queue_id, worker in first.items() if worker == 1]
+    assert from_worker_1, "worker 1 received nothing; SO_REUSEPORT spreads 16 connections"
+    assert all(second[queue_id] == 0 for queue_id in second), second
+    assert not any("event=scanned startup=no" in line for line in gmta.lines)
 
 
 def test_start_fails_cleanly_when_the_port_is_taken(tmp_path, state_dir, quiet_dns_server):

@@ -822,6 +822,7 @@ def test_tcp_listener_on_port_zero():
     def handler(sock, peer):
         seen.append(peer)
         sock.sendall(b"hi")
+        sock.close()            # the handler owns the socket (listen.SessionServer)
 
     endpoint = Endpoint("tcp", "127.0.0.1", 0)
     server = listen.serve(endpoint, handler)
@@ -843,7 +844,7 @@ def test_ipv6_listener():
         pytest.skip("no IPv6")
     endpoint = Endpoint("tcp", "::1", 0)
     try:
-        server = listen.serve(endpoint, lambda sock, peer: None)
+        server = listen.serve(endpoint, lambda sock, peer: sock.close())
     except OSError:
         pytest.skip("no IPv6 loopback")
     try:
@@ -871,7 +872,12 @@ def test_unix_listener_creates_its_directory_and_replaces_a_stale_socket(tmp_pat
     stale = listen.bind(endpoint)
     stale.close()           # the file stays, as after a crash
     assert os.path.exists(path)
-    server = listen.serve(endpoint, lambda sock, peer: sock.sendall(b"ok"))
+
+    def handler(sock, peer):
+        sock.sendall(b"ok")
+        sock.close()
+
+    server = listen.serve(endpoint, handler)
     try:
         assert listen.local_address(server, endpoint) == f"unix://{path}"
         with gevent.Timeout(WAIT):

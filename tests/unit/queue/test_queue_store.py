@@ -18,8 +18,8 @@ from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.store import EntryBusy, Spool, new_id, valid_id
 from tests.unit.queue.helpers import ScriptedTarget, entries, make_queue, settle, wait_until
 
-# (function, which call fails): the five steps of stage() and publish().
-COMMIT_STEPS = [("fsync", 1), ("fsync", 2), ("rename", 1), ("rename", 2), ("fsync_dir", 1)]
+# (function, which call fails): the three steps of stage() and publish().
+COMMIT_STEPS = [("fsync", 1), ("rename", 1), ("fsync_dir", 1)]
 
 
 class Fault:
@@ -93,7 +93,7 @@ def test_commits_that_finish_together_share_one_fsync_of_msg(tmp_path, monkeypat
         delivery.commit()
 
     gevent.joinall([gevent.spawn(receive, n) for n in range(10)], timeout=10, raise_error=True)
-    assert len(entries(queue)) == 20   # ID.msg and ID.meta each
+    assert len(entries(queue)) == 10   # one ID.msg each, no ID.meta
     # The first commit syncs alone, the nine that arrive meanwhile share the next.
     assert 1 <= len(synced) <= 3 and set(synced) == {queue.spool.msg_dir}
 
@@ -170,28 +170,47 @@ def test_clean_tmp_removes_leftovers_but_not_files_a_live_writer_holds(spool):
         os.close(fd)
 
 
+def _updated(spool) -> QueuedMessage:
+    """A published entry whose record was rewritten once (it has an ID.meta)."""
+    record = _published(spool)
+    lock = spool.try_lock(record.id)
+    record.recipients[0].tries = 1
+    spool.write(lock, record)
+    lock.release()
+    return record
+
+
 def test_scan_reports_entries_orphans_and_corrupt_records(spool):
     good = _published(spool)
-    orphan = _published(spool)
-    os.unlink(spool.meta_path(orphan.id))
+    updated = _updated(spool)
+    orphan = _updated(spool)
+    os.unlink(spool.meta_path(orphan.id))      # a removal cut between its two unlinks
+    layout1_orphan = "0" * 30
+    with open(spool.msg_path(layout1_orphan), "wb") as f:
+        f.write(b"H: v\r\n\r\nb\r\n")         # a layout-1 message without its record
     broken = _published(spool)
     with open(spool.meta_path(broken.id), "w") as f:
         f.write('{"format": 99}')
+    lone_record = _updated(spool)
+    os.unlink(spool.msg_path(lone_record.id))   # outside damage
     with open(os.path.join(spool.msg_dir, "notes.txt"), "w") as f:
         f.write("x")
     events = {(e.kind, e.id) for e in spool.scan()}
-    assert events == {("entry", good.id), ("orphan", orphan.id), ("corrupt", broken.id),
-                      ("corrupt", "notes.txt")}
-    assert sorted(os.listdir(spool.msg_dir)) == sorted([good.id + ".meta", good.id + ".msg"])
+    assert events == {("entry", good.id), ("entry", updated.id), ("orphan", orphan.id),
+                      ("orphan", layout1_orphan), ("corrupt", broken.id),
+                      ("corrupt", lone_record.id), ("corrupt", "notes.txt")}
+    assert sorted(os.listdir(spool.msg_dir)) == sorted(
+        [good.id + ".msg", updated.id + ".meta", updated.id + ".msg"])
     assert sorted(os.listdir(spool.corrupt_dir)) == sorted(
-        [broken.id + ".meta", broken.id + ".msg", broken.id + ".reason", "notes.txt"])
+        [broken.id + ".meta", broken.id + ".msg", broken.id + ".reason",
+         lone_record.id + ".meta", lone_record.id + ".reason", "notes.txt"])
     with open(os.path.join(spool.corrupt_dir, broken.id + ".reason")) as f:
         assert "unknown record format 99" in f.read()
 
 
 def test_scan_leaves_a_locked_orphan_alone(spool):
-    """An ID.msg without record whose writer is alive is being published right now."""
-    record = _published(spool)
+    """An ID.msg without record whose holder is alive is being removed right now."""
+    record = _updated(spool)
     os.unlink(spool.meta_path(record.id))
     fd = os.open(spool.msg_path(record.id), os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
