@@ -355,6 +355,7 @@ class SMTPClient:
         machine = self.machine
         with_data = data and bool(rcpts) and not self.supports("CHUNKING")
         data_sent = False
+        broken: ConnectionFailed | None = None
         commands = [machine.mail(mail_from, mail_params)]
         self.transactions += 1
         responses: list[Response] = []
@@ -364,10 +365,17 @@ class SMTPClient:
                 commands.append(machine.data())
                 data_sent = True
             self._command(b"".join(commands), len(commands))
-            for _ in commands:
-                responses.append(self.read_response())
-                if not self.usable:
-                    break   # a 421: the rest of the group has no replies coming
+            try:
+                for _ in commands:
+                    responses.append(self.read_response())
+                    if not self.usable:
+                        break   # a 421: the rest of the group has no replies coming
+            except ConnectionFailed as lost:
+                if not (data_sent and len(responses) == len(commands) - 1):
+                    raise
+                # Only DATA's reply is missing: some servers hang up on a DATA
+                # without a valid recipient. The RCPTs' answers stand.
+                broken = lost
         else:
             self._command(commands[0])
             responses.append(self.read_response())
@@ -378,11 +386,14 @@ class SMTPClient:
                 if with_data and any(r.ok for r in responses[1:]):
                     self._command(machine.data())
                     data_sent = True
-                    responses.append(self.read_response())
-        return self._envelope_result(responses, len(rcpts), data_sent)
+                    try:
+                        responses.append(self.read_response())
+                    except ConnectionFailed as lost:
+                        broken = lost
+        return self._envelope_result(responses, len(rcpts), data_sent, broken)
 
     def _envelope_result(self, responses: list[Response], rcpt_count: int,
-                         data_sent: bool) -> Envelope:
+                         data_sent: bool, broken: ConnectionFailed | None) -> Envelope:
         by_verb: dict[str, list[Response]] = {"MAIL": [], "RCPT": [], "DATA": []}
         for response in responses:
             by_verb[response.command.verb].append(response)
@@ -399,7 +410,7 @@ class SMTPClient:
         result = Envelope(mail_error, rcpt_errors)
         if not by_verb["DATA"]:
             if data_sent:
-                result.data_error = missing
+                result.data_error = broken or missing
             return result
         data_reply = by_verb["DATA"][0].reply
         if data_reply.code != 354:

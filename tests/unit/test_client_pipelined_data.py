@@ -100,6 +100,16 @@ def test_every_rcpt_refused_but_data_accepted_gets_a_single_dot():
     assert client.machine.awaiting_replies == 0
 
 
+def test_a_server_that_hangs_up_at_data_without_recipients_keeps_the_rcpt_answers():
+    # Some servers close the connection instead of answering such a DATA: the
+    # refusals stand (permanent stays permanent), nothing was sent.
+    client, sock = session(b"250 2.1.0 Ok\r\n550 5.1.1 No\r\n550 5.1.1 No\r\n")
+    envelope = client.envelope("a@example.org", {}, RCPTS, data=True)
+    assert [e.code for e in envelope.rcpt_errors] == [550, 550]
+    assert isinstance(envelope.data_error, ConnectionFailed) and not envelope.ready
+    assert not client.usable and len(sock.writes) == 1
+
+
 def test_refused_mail_refuses_every_rcpt_and_data():
     client, sock = session(b"550 5.7.1 Sender refused\r\n503 5.5.1 Need MAIL\r\n"
                            b"503 5.5.1 Need MAIL\r\n503 5.5.1 Need MAIL\r\n")
