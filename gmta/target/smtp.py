@@ -319,8 +319,8 @@ class ForwardDelivery:
         except BaseException:
             self.content_failed = True   # where it stopped is unknown: no reuse
             raise
-        for error in set(results.values()):
-            metrics.count_target(name, [r for r, e in results.items() if e is error], error)
+        for error in set(results.values()):   # equal errors count together
+            metrics.count_target(name, [r for r, e in results.items() if e == error], error)
         _raise_for(results)
 
     def _batch_results(self, header: bytes, body: Buffer) -> dict[str, SMTPError | None]:
