@@ -38,6 +38,13 @@ class MessageMeta:
     #: header before delivery starts (the queue, on each attempt): target.remote
     #: then delivers without its mx_auth policies (requiretls_override).
     tls_required_no: bool = False
+    #: The caller adds every recipient before ``body()`` and takes each one's
+    #: result from ``body()`` (PartialDeliveryError), as the queue does. A
+    #: forwarding target may then answer ``add_rcpt`` from local checks only and
+    #: send MAIL, the RCPTs and DATA in one write (RFC 2920 §3.1); it leaves the
+    #: ``delivered`` log line to the caller, giving what the server said in its
+    #: delivery's ``receipts`` (recipient -> log fields).
+    batch: bool = False
     #: What the client authenticated with, for target.smtp's ``auth forward``.
     #: Kept apart from ``conn`` because it is a secret: a queue persists
     #: ``conn`` and never this, so forwarding works on synchronous paths only.

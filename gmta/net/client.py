@@ -11,7 +11,15 @@ server) and the remote MX target use the same :class:`SMTPClient`.
 Every network operation has a deadline: ``connect_timeout`` for the TCP connect,
 ``command_timeout`` for each command's write and reply (the greeting and the TLS
 handshake included), ``submission_timeout`` for the reply after the message
-content (RFC 5321 §4.5.3.2.6 suggests 10 minutes).
+content (RFC 5321 §4.5.3.2.6 suggests 10 minutes). Writes and reads keep their
+deadline as the socket's timeout, set to what is left of it before each wait,
+rather than as a ``gevent.Timeout`` per command: a write that fits in the
+socket's buffer and a reply already received then cost no timer at all.
+
+Round trips: with PIPELINING, :meth:`SMTPClient.envelope` sends MAIL, the RCPTs
+and (``data=True``) DATA in one write (RFC 2920 §3.1), and the content follows
+the 354 in as few writes as :data:`CONTENT_PIECE` allows, its end marker in the
+last of them: two round trips for a small message.
 
 Failures before a mail transaction can start (connect, greeting, EHLO, TLS) raise
 :class:`ConnectionFailed`; a broken connection at any later point raises it too,
@@ -24,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import socket as _stdlib_socket
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -42,7 +51,8 @@ from gmta.proto.replies import Reply
 log = gmta.log.get("client")
 
 RECV_SIZE = 64 * 1024
-#: Content read from the message per write.
+#: Message content is gathered up to this many bytes per write: a small message
+#: goes out with its end marker in one send, a big one in bounded pieces.
 CONTENT_PIECE = 64 * 1024
 #: Bytes per BDAT chunk: big enough that round trips don't matter, small enough to
 #: bound what one chunk holds in memory.
@@ -53,6 +63,10 @@ QUIT_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 300.0
 DEFAULT_COMMAND_TIMEOUT = 300.0
 DEFAULT_SUBMISSION_TIMEOUT = 720.0
+
+#: gevent's cooperative socket without TLS: its ``send`` takes a timeout of its
+#: own, so a write that fits in the buffer is tried once without waiting.
+_PlainSocket = socket.socket
 
 
 class ConnectionFailed(SMTPError):
@@ -83,6 +97,21 @@ class TLSInfo:
     verified: bool
     #: ``tls://`` (implicit TLS) rather than STARTTLS.
     implicit: bool
+
+
+@dataclass
+class Envelope:
+    """The server's answers to one envelope (:meth:`SMTPClient.envelope`)."""
+
+    #: MAIL's refusal (then every RCPT carries it too), or None.
+    mail_error: SMTPError | None
+    #: One per RCPT, in order: None when accepted.
+    rcpt_errors: list[SMTPError | None]
+    #: DATA was sent with the envelope and refused (or accepted with no
+    #: recipient to deliver to, and ended at once): no content is to follow.
+    data_error: SMTPError | None = None
+    #: DATA was sent and answered 354: the content is to follow, now.
+    ready: bool = False
 
 
 def describe(address: Endpoint | tuple[str, int]) -> str:
@@ -135,18 +164,34 @@ class SMTPClient:
     def _write(self, data: bytes, timeout: float | None = None) -> None:
         if not data:
             return
-        timer = gevent.Timeout(timeout or self.command_timeout)
-        timer.start()
+        sock = self.sock
         try:
-            _send_all(self.sock, data)
-        except gevent.Timeout as expired:
-            if expired is not timer:
-                raise
+            if type(sock) is _PlainSocket:
+                # Almost always the bytes fit in the socket's buffer: one send
+                # that cannot wait, and no timer.
+                try:
+                    sent = sock.send(data, 0, 0.0)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = memoryview(data)[sent:]
+            deadline = time.monotonic() + (timeout or self.command_timeout)
+            # Each send takes at least one byte or raises: the loop ends by the deadline.
+            while data:
+                self._wait_until(deadline)
+                data = data[sock.send(data):]
+        except (_stdlib_socket.timeout, TimeoutError):
             raise self._broken("Timed out sending to the server") from None
         except OSError as e:
             raise self._broken(f"Network I/O error: {e.strerror or e}") from None
-        finally:
-            timer.close()
+
+    def _wait_until(self, deadline: float) -> None:
+        """Let the socket's next operation wait no longer than until *deadline*."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        self.sock.settimeout(left)
 
     def _command(self, data: bytes, count: int = 1) -> None:
         """Write command bytes; *count* is how many commands they hold (for the log)."""
@@ -158,29 +203,32 @@ class SMTPClient:
 
     def read_response(self, timeout: float | None = None) -> Response:
         """The next reply, reading from the socket as needed within *timeout*."""
-        timeout = timeout or self.command_timeout
-        timer = gevent.Timeout(timeout)
-        timer.start()
+        machine = self.machine
         try:
-            while (event := self.machine.next_event()) is NEED_DATA:
-                data = self.sock.recv(RECV_SIZE)
-                if not data:
-                    raise self._broken("Connection closed by the server")
-                self.machine.receive_data(data)
-        except gevent.Timeout as timeout_error:
-            if timeout_error is not timer:
-                raise
+            event = machine.next_event()
+            if event is NEED_DATA:
+                deadline = time.monotonic() + (timeout or self.command_timeout)
+                # Each recv brings at least one byte, and the machine bounds a
+                # reply's size (RemoteProtocolError): the loop ends by the deadline.
+                while event is NEED_DATA:
+                    self._wait_until(deadline)
+                    data = self.sock.recv(RECV_SIZE)
+                    if not data:
+                        raise self._broken("Connection closed by the server")
+                    machine.receive_data(data)
+                    event = machine.next_event()
+        except (_stdlib_socket.timeout, TimeoutError):
             raise self._broken("Timed out waiting for the server's reply",
                                (4, 4, 1) if self.greeting is None else (4, 4, 2)) from None
-        except (OSError, _stdlib_socket.timeout) as e:
+        except OSError as e:
             raise self._broken(f"Network I/O error: {e}") from None
+        except ConnectionFailed:
+            raise
         except SMTPError:
             # RemoteProtocolError: the reply was not SMTP.
             self.usable = False
             self.close()
             raise
-        finally:
-            timer.close()
         if self.debug:
             self.log.debug("reply", session=self.session_id, peer=self.peer,
                            command=event.command.verb, reply=str(event.reply))
@@ -233,6 +281,9 @@ class SMTPClient:
     def _handshake(self, context: ssl.SSLContext, server_hostname: str | None,
                    *, implicit: bool) -> None:
         raw = self.sock
+        # The socket's timeout is what a read or write left of its deadline;
+        # the handshake's reads get the whole timeout (the timer bounds the sum).
+        raw.settimeout(self.command_timeout)
         timer = gevent.Timeout(self.command_timeout)
         timer.start()
         try:
@@ -291,47 +342,134 @@ class SMTPClient:
 
     def envelope(self, mail_from: str, mail_params: Mapping[str, str | None] | None,
                  rcpts: Iterable[tuple[str, Mapping[str, str | None] | None]],
-                 ) -> tuple[SMTPError | None, list[SMTPError | None]]:
-        """MAIL and RCPTs, in one round trip when the server offers PIPELINING
-        (RFC 2920 §3.1); returns MAIL's error and each RCPT's error (None = accepted).
+                 *, data: bool = False) -> Envelope:
+        """MAIL and RCPTs, and with *data* DATA too, in one write when the server
+        offers PIPELINING (RFC 2920 §3.1: DATA may end a group); otherwise one
+        command at a time. Each RCPT's error (None = accepted) and, with *data*,
+        whether the content may follow (``ready``: send it with
+        :meth:`send_content`). DATA is not sent when the server offers CHUNKING
+        (the content goes in BDAT, after the replies) nor, without PIPELINING,
+        after every RCPT was refused.
         """
         rcpts = list(rcpts)
-        commands = [self.machine.mail(mail_from, mail_params)]
+        machine = self.machine
+        with_data = data and bool(rcpts) and not self.supports("CHUNKING")
+        data_sent = False
+        broken: ConnectionFailed | None = None
+        commands = [machine.mail(mail_from, mail_params)]
         self.transactions += 1
-        if self.machine.pipelining:
-            commands += [self.machine.rcpt(address, params) for address, params in rcpts]
+        responses: list[Response] = []
+        if machine.pipelining:
+            commands += [machine.rcpt(address, params) for address, params in rcpts]
+            if with_data:
+                commands.append(machine.data())
+                data_sent = True
             self._command(b"".join(commands), len(commands))
-            responses = [self.read_response() for _ in range(1 + len(rcpts))]
+            try:
+                for _ in commands:
+                    responses.append(self.read_response())
+                    if not self.usable:
+                        break   # a 421: the rest of the group has no replies coming
+            except ConnectionFailed as lost:
+                if not (data_sent and len(responses) == len(commands) - 1):
+                    raise
+                # Only DATA's reply is missing: some servers hang up on a DATA
+                # without a valid recipient. The RCPTs' answers stand.
+                broken = lost
         else:
             self._command(commands[0])
-            responses = [self.read_response()]
+            responses.append(self.read_response())
             if responses[0].ok:
                 for address, params in rcpts:
-                    self._command(self.machine.rcpt(address, params))
+                    self._command(machine.rcpt(address, params))
                     responses.append(self.read_response())
-        mail_error = None if responses[0].ok else reply_error(responses[0].reply)
-        if mail_error is not None:
-            return mail_error, [mail_error] * len(rcpts)
-        return None, [None if r.ok else reply_error(r.reply) for r in responses[1:]]
+                if with_data and any(r.ok for r in responses[1:]):
+                    self._command(machine.data())
+                    data_sent = True
+                    try:
+                        responses.append(self.read_response())
+                    except ConnectionFailed as lost:
+                        broken = lost
+        return self._envelope_result(responses, len(rcpts), data_sent, broken)
+
+    def _envelope_result(self, responses: list[Response], rcpt_count: int,
+                         data_sent: bool, broken: ConnectionFailed | None) -> Envelope:
+        by_verb: dict[str, list[Response]] = {"MAIL": [], "RCPT": [], "DATA": []}
+        for response in responses:
+            by_verb[response.command.verb].append(response)
+        [mail] = by_verb["MAIL"]
+        # Replies that never came (the server said 421 and closed) are that 421.
+        missing = reply_error(responses[-1].reply) if not self.usable else None
+        if not mail.ok:
+            mail_error = reply_error(mail.reply)
+            rcpt_errors: list[SMTPError | None] = [mail_error] * rcpt_count
+        else:
+            mail_error = None
+            rcpt_errors = [None if r.ok else reply_error(r.reply) for r in by_verb["RCPT"]]
+            rcpt_errors += [missing] * (rcpt_count - len(rcpt_errors))
+        result = Envelope(mail_error, rcpt_errors)
+        if not by_verb["DATA"]:
+            if data_sent:
+                result.data_error = broken or missing
+            return result
+        data_reply = by_verb["DATA"][0].reply
+        if data_reply.code != 354:
+            # RFC 5321 §3.3: after any reply but 354 no message data may be sent.
+            result.data_error = reply_error(data_reply)
+            return result
+        if mail_error is None and any(error is None for error in rcpt_errors):
+            result.ready = True
+            return result
+        # RFC 2920 §3.1: the client "cannot assume that the DATA command will be
+        # rejected just because none of the RCPT TO commands worked"; when it was
+        # accepted anyway, "the client SMTP should send a single dot", and that
+        # empty message's reply is no delivery of anything.
+        result.data_error = SMTPError(554, (5, 5, 1), "No valid recipients")
+        self._write(self.machine.data_end())
+        if self.lmtp:
+            # RFC 2033 §4.2 owes one reply per accepted recipient: none here, yet
+            # the server will answer something. The session cannot be trusted.
+            self.close()
+            return result
+        self.read_response(self.submission_timeout)
+        return result
 
     def send_content(self, pieces: Iterable[bytes], *, chunking: bool | None = None,
                      ) -> list[Response]:
         """Send the message: DATA (dot-stuffed) or BDAT when CHUNKING is offered.
 
-        Returns the final replies: one for SMTP, one per accepted recipient for LMTP
-        (each Response names its recipient; fewer when the connection broke after
-        some, which the caller must treat as not delivered). Raises the server's error when it
-        refuses DATA or a non-final BDAT chunk. *chunking* None means "when offered".
+        After :meth:`envelope` with ``data=True`` answered ``ready`` (the 354 is
+        in), only the content goes. Returns the final replies: one for SMTP, one
+        per accepted recipient for LMTP (each Response names its recipient; fewer
+        when the connection broke after some, which the caller must treat as not
+        delivered). Raises the server's error when it refuses DATA or a non-final
+        BDAT chunk. *chunking* None means "when offered".
         """
+        if self.machine.state is ClientState.DATA:
+            return self._send_data_content(pieces)
         if chunking is None:
             chunking = self.supports("CHUNKING")
         if chunking:
             return self._send_bdat(pieces)
         self._command(self.machine.data())
         self._expect(self.read_response(), 354)
+        return self._send_data_content(pieces)
+
+    def _send_data_content(self, pieces: Iterable[bytes]) -> list[Response]:
+        """The content after the 354, gathered into writes of at most CONTENT_PIECE
+        bytes (or one bigger piece), the end marker (RFC 5321 §4.1.1.4) in the last."""
+        machine = self.machine
+        batch: list[bytes] = []
+        size = 0
         for piece in pieces:
-            self._write(self.machine.data_content(piece))
-        self._write(self.machine.data_end())
+            wire = machine.data_content(piece)
+            if size and size + len(wire) > CONTENT_PIECE:
+                self._write(b"".join(batch))
+                batch, size = [], 0
+            batch.append(wire)
+            size += len(wire)
+        batch.append(machine.data_end())
+        self._write(b"".join(batch))
         return self._final_responses()
 
     def _send_bdat(self, pieces: Iterable[bytes]) -> list[Response]:
@@ -436,18 +574,6 @@ def _failed(stage: str, reply: Reply, peer: str) -> ConnectionFailed:
     code = reply.code if reply.code >= 400 else 451
     enhanced = reply.enhanced if reply.code >= 400 else (4, 5, 0)
     return ConnectionFailed(stage, code, enhanced, reply.text or f"{stage} failed at {peer}")
-
-
-def _send_all(sock, data: bytes) -> None:
-    """``sendall`` without gevent's per-call ``getsockopt(SO_SNDBUF)``: a command
-    or a piece of content almost always goes out in one ``send``; when the
-    buffer is full, ``send`` waits for the socket in the hub (the caller's
-    timer bounds it)."""
-    sent = sock.send(data)
-    if sent < len(data):
-        view = memoryview(data)[sent:]
-        while view:
-            view = view[sock.send(view):]
 
 
 def _close(sock) -> None:

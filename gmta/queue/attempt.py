@@ -50,14 +50,22 @@ def internal_error(error: BaseException) -> SMTPError:
     return SMTPError(451, (4, 0, 0), "Internal error during delivery, will retry")
 
 
-def deliver_once(target, record: QueuedMessage, header: bytes, body,
-                 log=None) -> dict[str, SMTPError | None]:
-    """One attempt of the pending recipients; the result of each (None = delivered)."""
+def deliver_once(target, record: QueuedMessage, header: bytes, body, log=None,
+                 receipts: dict | None = None) -> dict[str, SMTPError | None]:
+    """One attempt of the pending recipients; the result of each (None = delivered).
+
+    A target that declares ``takes_batch`` gets ``MessageMeta.batch``: every
+    recipient is added before the body and answered by it, which lets it send
+    the envelope with the content (target.smtp). Its ``receipts`` (what the
+    server said for each delivered recipient) are copied into *receipts* for
+    the log line of the delivery, which is then the queue's alone.
+    """
     pending = record.pending()
     meta = MessageMeta(id=record.msg_id, mail_params=dict(record.mail_params),
                        conn=dict(record.conn), quarantine=record.quarantine,
                        original_rcpts=dict(record.original_rcpts),
-                       tls_required_no=tls_required_no(header))
+                       tls_required_no=tls_required_no(header),
+                       batch=getattr(target, "takes_batch", False))
     results: dict[str, SMTPError | None] = {}
     try:
         delivery = target.start_delivery(meta, record.mail_from)
@@ -83,6 +91,8 @@ def deliver_once(target, record: QueuedMessage, header: bytes, body,
             delivery.abort()
             return _complete(results, pending)
         results.update(_outcomes(delivery.commit, ok, log, record))
+        if receipts is not None and meta.batch:
+            receipts.update(delivery.receipts)
         return _complete(results, pending)
     except BaseException:
         # Killed (shutdown) or a bug in this function: the target must not keep half a message.
@@ -223,10 +233,11 @@ class Attempt:
             attempt_due = min(attempt_due, flush_all)
         if record.pending() and attempt_due <= now + 0.001 and not queue.stopping:
             header, body = self.spool.message(record, lock)
-            results = deliver_once(queue.target, record, header, body, self.log)
+            receipts: dict[str, dict] = {}
+            results = deliver_once(queue.target, record, header, body, self.log, receipts)
             apply_results(record, results, time.time(), queue.max_tries)
             changed = True
-            self._log_results(record, results)
+            self._log_results(record, results, receipts)
             pending = record.pending()
             if pending:
                 record.next_attempt = next_attempt_time(
@@ -257,15 +268,17 @@ class Attempt:
             return None
         return self.due_time(record, flush_all)
 
-    def _log_results(self, record: QueuedMessage, results: dict) -> None:
+    def _log_results(self, record: QueuedMessage, results: dict, receipts: dict) -> None:
         for address, error in results.items():
             r = record.recipient(address)
             metrics.QUEUE_DELIVERIES.labels(self.queue.instance_name, "delivered" if error is None
                                             else "bounced" if r.state == FAILED
                                             else "deferred").inc()
             if error is None:
+                # With the target's receipt (target, session, reply) when it left
+                # this line to the queue: one line per recipient, as Postfix's.
                 self.log.info("delivered", queue_id=record.id, msg_id=record.msg_id,
-                              rcpt=address, attempt=r.tries)
+                              rcpt=address, attempt=r.tries, **receipts.get(address, {}))
             elif r.state == FAILED:
                 self.log.info("failed", queue_id=record.id, msg_id=record.msg_id, rcpt=address,
                               attempt=r.tries, reply=str(error))

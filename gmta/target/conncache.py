@@ -10,7 +10,12 @@ handed to a message that needs another.
 Bounds and clean-up:
 
 - at most ``max_idle_per_key`` idle sessions per key and ``max_idle_total``
-  overall; beyond that the oldest are closed;
+  overall; beyond that the oldest are closed — overall at once, per key after
+  ``TRIM_DELAY``. Under load every delivery gives its session back and the next
+  delivery takes one a moment later: when more deliveries run at once than
+  ``max_idle_per_key``, closing the surplus at once would close sessions about
+  to be taken again, and open as many new ones (a connect, a greeting and EHLO
+  each). A surplus still idle after the delay is not needed;
 - a session idle for ``max_idle_time`` is useless: the remote server has
   probably hung up (RFC 5321 §4.5.3.2.7 lets it after 5 minutes; Office 365
   does much sooner, maddy #693). A reaper greenlet says QUIT to each idle
@@ -44,6 +49,8 @@ MAX_REAP_INTERVAL = 15.0
 MIN_REAP_INTERVAL = 0.1
 #: Idle sessions overall (file descriptors and remote server slots).
 DEFAULT_MAX_IDLE_TOTAL = 1000
+#: How long sessions beyond max_idle_per_key may wait to be taken again.
+TRIM_DELAY = 0.5
 
 
 class _Idle:
@@ -74,6 +81,7 @@ class ConnectionCache:
         self._all: OrderedDict[int, _Idle] = OrderedDict()
         self._by_key: dict[Hashable, list[_Idle]] = {}
         self._reaper: gevent.Greenlet | None = None
+        self._trimmer: gevent.Greenlet | None = None
         self._closed = False
 
     # --- Counting. ----------------------------------------------------------------------
@@ -127,12 +135,24 @@ class ConnectionCache:
         entry = _Idle(key, connection, self.clock())
         self._all[id(entry)] = entry
         self._by_key.setdefault(key, []).append(entry)
-        entries = self._by_key[key]
-        while len(entries) > self.max_idle_per_key:
-            self._close(self._remove(entries[0]), "too_many_for_key")
+        if len(self._by_key[key]) > self.max_idle_per_key and self._trimmer is None:
+            self._trimmer = gevent.spawn_later(TRIM_DELAY, self._trim_later)
         while len(self._all) > self.max_idle_total:
             self._close(self._remove(next(iter(self._all.values()))), "too_many")
         self._ensure_reaper()
+
+    def trim(self) -> int:
+        """Close the oldest sessions of every key beyond max_idle_per_key; how many."""
+        closed = 0
+        for entries in list(self._by_key.values()):
+            while len(entries) > self.max_idle_per_key:
+                self._close(self._remove(entries[0]), "too_many_for_key")
+                closed += 1
+        return closed
+
+    def _trim_later(self) -> None:
+        self._trimmer = None
+        self.trim()
 
     def close_all(self) -> None:
         """QUIT every idle session and stop the reaper (the target is stopping)."""
@@ -140,6 +160,9 @@ class ConnectionCache:
         reaper, self._reaper = self._reaper, None
         if reaper is not None:
             reaper.kill(block=False)
+        trimmer, self._trimmer = self._trimmer, None
+        if trimmer is not None:
+            trimmer.kill(block=False)
         for entry in list(self._all.values()):
             self._close(self._remove(entry), "stopping")
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 
+import gevent
 import pytest
 
 from gmta.errors import SMTPError
 from gmta.net.client import SMTPClient
 from gmta.proto.client import ClientConnection
-from gmta.target.conncache import ConnectionCache
+from gmta.target.conncache import TRIM_DELAY, ConnectionCache
 
 
 class FakeClient:
@@ -93,6 +94,42 @@ def test_without_check_after_every_session_gets_a_noop():
     client = FakeClient(noop_ok=False)
     c.put("k", Held(client))
     assert c.take("k") is None and client.noops == 1 and client.closed
+    c.close_all()
+
+
+def test_surplus_over_the_per_key_bound_waits_to_be_taken_again():
+    # Three deliveries give their sessions back at once (max_idle_per_key=2):
+    # the next delivery takes one before the surplus is closed.
+    c = cache(Clock(), check_after=2.0)
+    clients = [FakeClient() for _ in range(3)]
+    for client in clients:
+        c.put("k", Held(client))
+    assert c.idle("k") == 3 and not any(client.closed for client in clients)
+    assert c.take("k").client is clients[2]
+    assert c.trim() == 0
+    c.put("k", Held(clients[2]))
+    assert c.trim() == 1 and clients[0].closed     # the oldest goes
+    assert c.idle("k") == 2
+    c.close_all()
+
+
+def test_surplus_is_closed_after_the_trim_delay():
+    c = cache(Clock())
+    clients = [FakeClient() for _ in range(4)]
+    for client in clients:
+        c.put("k", Held(client))
+    gevent.sleep(TRIM_DELAY + 0.2)
+    assert [client.closed for client in clients] == [True, True, False, False]
+    assert c.idle("k") == 2
+    c.close_all()
+
+
+def test_the_overall_bound_holds_at_once():
+    c = cache(Clock(), max_idle_total=3)
+    clients = [FakeClient() for _ in range(4)]
+    for n, client in enumerate(clients):
+        c.put(f"k{n % 2}", Held(client))
+    assert len(c) == 3 and clients[0].closed
     c.close_all()
 
 
