@@ -46,6 +46,7 @@ from gmta.config.module import Module, register
 from gmta.config.parser import Node
 from gmta.config.values import parse_duration
 from gmta.errors import SMTPError
+from gmta.proto.grammar import domain_to_ascii
 
 log = gmta.log.get("limits")
 
@@ -78,6 +79,23 @@ def domain_of(address: str) -> str:
     """
     _, at, domain = address.rpartition("@")
     return domain.lower().rstrip(".") if at else ""
+
+
+def destination_order(address: str) -> str:
+    """A sort key that puts recipients in the order of their ``destination`` keys,
+    as target.remote takes them (the A-label form of the domain, lower case).
+
+    A delivery to several domains takes one ``destination`` limit per domain as
+    it adds their recipients, holding the earlier ones while it waits. If two
+    deliveries took the same domains in opposite orders, each would wait for a
+    slot the other holds, until ``wait_timeout`` deferred both. When every
+    delivery takes them in one global order, no such cycle can form (the queue
+    sorts each attempt's recipients with this key)."""
+    domain = address.rpartition("@")[2].rstrip(".")
+    try:
+        return domain_to_ascii(domain).lower()
+    except SMTPError:
+        return domain.lower()
 
 
 def normalize_key(scope: str, key: str) -> str:

@@ -26,6 +26,7 @@ from gmta import metrics
 from gmta.delivery import MessageMeta, PartialDeliveryError, tls_required_no
 from gmta.durable import in_threadpool
 from gmta.errors import SMTPError
+from gmta.limits import destination_order
 from gmta.queue.record import DELIVERED, FAILED, PENDING, CorruptRecord, QueuedMessage
 from gmta.queue.schedule import next_attempt_time, retry_delay
 from gmta.queue.store import EntryBusy
@@ -60,7 +61,9 @@ def deliver_once(target, record: QueuedMessage, header: bytes, body, log=None,
     server said for each delivered recipient) are copied into *receipts* for
     the log line of the delivery, which is then the queue's alone.
     """
-    pending = record.pending()
+    # In the order of their domains' `destination` limits: deliveries that wait for
+    # a domain's slot while holding another's never wait for each other.
+    pending = sorted(record.pending(), key=lambda r: destination_order(r.address))
     meta = MessageMeta(id=record.msg_id, mail_params=dict(record.mail_params),
                        conn=dict(record.conn), quarantine=record.quarantine,
                        original_rcpts=dict(record.original_rcpts),

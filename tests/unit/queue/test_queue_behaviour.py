@@ -478,3 +478,16 @@ def test_a_successful_delivery_with_notify_success_is_written_before_its_dsn(que
     submit(queue, ["a@d.test"], rcpt_params={"a@d.test": {"notify": ["SUCCESS"]}})
     settle(queue)
     assert events[:1] == [("write", ["delivered"])] and len(bounce.attempts) == 1
+
+
+def test_recipients_reach_the_target_in_the_order_of_their_destination_limits(queues):
+    """Two attempts never take two domains' `destination` slots in opposite orders
+    (each would hold one and wait for the other's until the limit's timeout)."""
+    target = ScriptedTarget()
+    queue = queues(target)
+    submit(queue, ["x@zeta.test", "y@ÄLPHA.test", "z@beta.test.", "w@zeta.test"])
+    settle(queue)
+    # beta.test, xn--lpha-koa.test, zeta.test: by the A-label, as target.remote keys
+    # the limit; one domain's recipients keep their order.
+    assert target.committed[0].rcpts == ["z@beta.test.", "y@ÄLPHA.test", "x@zeta.test",
+                                         "w@zeta.test"]
