@@ -174,6 +174,9 @@ class Worker:
     #: Monotonic times of its unexpected exits, for the crash-loop limit.
     crashes: list[float] = field(default_factory=list)
     restart_pending: bool = False
+    #: The supervisor has handled the exit of ``process`` (its "exit" event). Not
+    #: ``alive``: gevent sets a child's returncode before that event is queued.
+    exit_handled: bool = False
     #: The run's metrics directory and start time, handed to each of its processes.
     metrics_dir: str = ""
     started: float = 0.0
@@ -278,6 +281,7 @@ def _spawn(config: LoadedConfig, worker: Worker, count: int, events: Queue) -> N
         worker.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, env=env,
             pass_fds=(*{fd for fd in listen_fds.values()}, theirs.fileno()))
+        worker.exit_handled = False
     finally:
         theirs.close()
     worker.control = ours
@@ -340,6 +344,7 @@ def _run(config: LoadedConfig, workers: list[Worker], events: Queue, notifier: N
             worker, process = event[1], event[2]
             if process is not worker.process:
                 continue
+            worker.exit_handled = True
             status = process.returncode
             log.error("worker_exited", worker=worker.index, pid=process.pid,
                       status=_describe(status))
@@ -404,7 +409,9 @@ def _stop(config: LoadedConfig, workers: list[Worker], events: Queue, notifier: 
     deadline = time.monotonic() + _drain_time(config) + STOP_MARGIN
     forced = False
     status = 0
-    while any(w.alive for w in workers):
+    # Until every exit is handled, not only seen: the last worker's status and
+    # its worker_stopped line come with its event.
+    while any(w.process is not None and not w.exit_handled for w in workers):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             log.error("stop_timeout", hint="killing the workers that are still running")
@@ -427,6 +434,7 @@ def _stop(config: LoadedConfig, workers: list[Worker], events: Queue, notifier: 
             reopen_logs()
             _forward(workers, REOPEN_LOGS_SIGNAL)
         elif event[0] == "exit" and event[2] is event[1].process:
+            event[1].exit_handled = True
             code = event[2].returncode
             log.info("worker_stopped", worker=event[1].index, pid=event[2].pid,
                      status=_describe(code))

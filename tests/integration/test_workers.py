@@ -149,7 +149,7 @@ def test_two_workers_share_the_port_and_lose_nothing(tmp_path, state_dir, quiet_
     assert numbers == list(range(CONNECTIONS))
     # SIGTERM reached both workers; everything stopped.
     assert sum('event=worker_stopped' in line and 'status="exit 0"' in line
-               for line in gmta.lines) == 2
+               for line in gmta.lines) == 2, "\n".join(gmta.lines)
     wait_gone(pids.values(), 5)
 
 
