@@ -3,8 +3,10 @@
 ``secrets.token_hex`` makes a ``getrandom`` call each time, and CPython gives
 the GIL up around it: on the hub, that lets a threadpool thread take the GIL,
 and the hub waits to get it back (bench/README.md, futex wake-ups). Message
-ids and Maildir file names need one each per message, so the bytes come from
-a pool that ``os.urandom`` refills: the same generator, fewer calls.
+ids, queue ids, Maildir file names and session ids need one each per message
+or session, so the bytes come from a pool that ``os.urandom`` refills: the
+same generator, fewer calls. None of them is a secret (DSN boundaries and
+password salts are not made here either way).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import email.utils
 import functools
 import ipaddress
 import re
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -657,7 +656,7 @@ class SMTPEndpoint(Listeners, Module):
         return sock, (host, header.source[1]), header.remaining
 
     def _handle(self, address, sock, peer) -> None:
-        session_id = secrets.token_hex(6)
+        session_id = randomid.token_hex(6)
         greenlet = gevent.getcurrent()
         self.sessions.add(greenlet)
         implicit_tls = address.tls

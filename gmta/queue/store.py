@@ -50,11 +50,11 @@ import fcntl
 import itertools
 import json
 import os
-import secrets
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+from gmta import randomid
 from gmta.buffer import Buffer, MemoryBuffer
 from gmta.durable import create_file, fsync_dir, rename_out_of
 from gmta.queue.record import CorruptRecord, QueuedMessage
@@ -101,7 +101,7 @@ def new_id() -> str:
     """
     micros = time.time_ns() // 1000
     return f"{micros:014x}{os.getpid() & 0xFFFFFF:06x}{next(_id_counter) & 0xFFFF:04x}" \
-           f"{secrets.token_hex(3)}"
+           f"{randomid.token_hex(3)}"
 
 
 def valid_id(text: str) -> bool:
@@ -398,7 +398,7 @@ class Spool:
     def write(self, lock: EntryLock, record: QueuedMessage) -> None:
         """Replace the record durably (the caller holds *lock*)."""
         assert lock.id == record.id and lock.fd >= 0
-        tmp = os.path.join(self.tmp_dir, f"{record.id}.meta.{secrets.token_hex(4)}")
+        tmp = os.path.join(self.tmp_dir, f"{record.id}.meta.{randomid.token_hex(4)}")
         # Step U1: the new record in tmp/, fsynced. Crash here: the old record
         # stays; the attempt's results are lost, so recipients it delivered are
         # delivered again (the one duplicate DESIGN §4.4 allows). Recovery
@@ -706,7 +706,7 @@ def _write_durably(path: str, data: bytes, tmp_dir: str | None) -> None:
     """Write *path* and fsync it; with *tmp_dir*, through a temporary file and a rename."""
     target = path
     if tmp_dir is not None:
-        path = os.path.join(tmp_dir, f"{os.path.basename(path)}.{secrets.token_hex(4)}")
+        path = os.path.join(tmp_dir, f"{os.path.basename(path)}.{randomid.token_hex(4)}")
     fd = create_file(path, os.O_WRONLY | os.O_TRUNC, 0o640)
     try:
         view = memoryview(data)

@@ -23,11 +23,11 @@ said no.
 
 from __future__ import annotations
 
-import secrets
 import ssl
 from dataclasses import dataclass, replace
 
 import gmta.log
+from gmta import randomid
 from gmta.errors import SMTPError
 from gmta.net import client as smtp_client
 from gmta.net.client import ConnectionFailed, SMTPClient
@@ -207,7 +207,7 @@ class Walk:
                  fallbacks: bool) -> tuple[SMTPClient, str | None]:
         """A greeted session, with STARTTLS per *tls_mode* (``verify``, ``noverify``, ``off``)."""
         s = self.settings
-        session_id = secrets.token_hex(6)
+        session_id = randomid.token_hex(6)
         client = smtp_client.connect(
             (address, s.port), connect_timeout=s.connect_timeout,
             command_timeout=s.command_timeout, submission_timeout=s.submission_timeout,

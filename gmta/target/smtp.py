@@ -32,11 +32,10 @@ differ, ``body()`` raises ``PartialDeliveryError``.
 
 from __future__ import annotations
 
-import os
 import ssl
 
 import gmta.log
-from gmta import metrics
+from gmta import metrics, randomid
 from gmta.buffer import Buffer
 from gmta.config.module import Module, register
 from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Endpoints, ModuleRef)
@@ -58,12 +57,6 @@ TLS_UNAVAILABLE = (4, 7, 10)   # RFC 5248: X.7.10 "Encryption needed"
 #: A cached session idle for less than this is only peeked at before reuse
 #: (SMTPClient.quiet_while_idle); an older one is asked with NOOP.
 CHECK_AFTER = 2.0
-
-
-def new_session_id() -> str:
-    """12 hex digits naming a session in the log (not a secret: os.urandom is enough,
-    and cheaper than ``secrets``)."""
-    return os.urandom(6).hex()
 
 
 class Session:
@@ -155,7 +148,7 @@ class ForwardDelivery:
         self.client.close()
         self.client = None
         self.reused = False
-        self.session_id = new_session_id()
+        self.session_id = randomid.token_hex(6)
         self.client = self.target.open_session(self.meta, self.session_id)
 
     def _mail_parameters(self) -> tuple[str, dict]:
@@ -528,7 +521,7 @@ class SMTPTarget(Module):
             self.log.debug("session_reused", msg_id=meta.id, session=client.session_id,
                            target=client.peer, transactions=client.transactions)
             return client, True
-        return self.open_session(meta, new_session_id()), False
+        return self.open_session(meta, randomid.token_hex(6)), False
 
     def give_back(self, meta: MessageMeta, client: SMTPClient, *, clean: bool) -> None:
         """After a message: keep the session for the next one, or close it.
