@@ -46,57 +46,25 @@ class ValidatingResolver(dnsserver.ValidatingResolver):
                  address: str = RESOLVER_ADDRESS):
         super().__init__(directory, upstream, address=address, anchors=anchors)
 
-    def _write_config(self) -> Path:
-        anchors = "".join(f'    trust-anchor: "{line}"\n' for line in self.anchors)
-        domains = sorted(self.authoritative._zones)
-        # unbound answers RFC 6761 names (test., invalid., 127.in-addr.arpa....)
-        # itself with NXDOMAIN unless told not to: the test zones live there.
-        unblocked = "".join(f'    local-zone: "{name}." nodefault\n' for name in
-                            sorted({d.split(".")[-1] for d in domains} | set(domains)))
-        # Names outside the test zones are "insecure" rather than waiting for a
-        # root that is not there; the test zones themselves keep validation.
-        config = f"""server:
-    interface: {self.address}@{self.port}
-    port: {self.port}
-    do-ip6: no
-    do-not-query-localhost: no
-    username: ""
-    chroot: ""
-    directory: "{self.directory}"
-    pidfile: "{self.directory}/unbound.pid"
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    val-log-level: 2
-    # RFC 8914 Extended DNS Errors: a bogus zone's SERVFAIL says "DNSSEC Bogus".
-    ede: yes
-    module-config: "validator iterator"
+    # Validation that does not fall back on stale or unvalidated data.
+    _server_extra = """    do-ip6: no
     qname-minimisation: no
     aggressive-nsec: no
     prefetch: no
-    cache-max-ttl: 0
-    cache-max-negative-ttl: 0
-    infra-host-ttl: 1
     serve-expired: no
     harden-dnssec-stripped: yes
     val-bogus-ttl: 0
-    num-threads: 1
     outgoing-range: 64
-    so-reuseport: no
-    access-control: 127.0.0.0/8 allow
-{unblocked}{anchors}remote-control:
-    control-enable: no
-""" + "".join(f"""stub-zone:
-    name: "{origin}."
-    stub-addr: {self.authoritative.address}@{self.authoritative.port}
-    stub-first: no
-""" for origin in domains) + f"""forward-zone:
-    name: "."
-    forward-addr: {self.authoritative.address}@{self.authoritative.port}
 """
-        path = self.directory / "unbound.conf"
-        path.write_text(config)
-        return path
+    _stub_extra = "    stub-first: no\n"
+
+    def _stub_zones(self) -> list[str]:
+        return sorted(self.authoritative._zones)
+
+    def _after_stubs(self) -> str:
+        # Every other name to the test server too: insecure, not waiting for a root.
+        return (f'forward-zone:\n    name: "."\n'
+                f"    forward-addr: {self.authoritative.address}@{self.authoritative.port}\n")
 
 
 @pytest.fixture

@@ -383,7 +383,6 @@ class ValidatingResolver:
 
     def _write_config(self) -> Path:
         auth = self.authoritative
-        zones = list(auth._zones) + sorted(auth._broken)
         anchors = "".join(f'    trust-anchor: "{a}"\n'
                           for a in (self.anchors if self.anchors is not None
                                     else auth.trust_anchors()))
@@ -392,7 +391,8 @@ class ValidatingResolver:
         nodefault = "".join(f'    local-zone: "{z}." nodefault\n'
                             for z in ("test", "invalid", REVERSE_ZONE))
         stubs = "".join(f'stub-zone:\n    name: "{z}."\n'
-                        f"    stub-addr: {auth.address}@{auth.port}\n" for z in zones)
+                        f"    stub-addr: {auth.address}@{auth.port}\n{self._stub_extra}"
+                        for z in self._stub_zones())
         config = f"""server:
     interface: {self.address}@{self.port}
     port: {self.port}
@@ -415,12 +415,22 @@ class ValidatingResolver:
     cache-max-ttl: 0
     cache-max-negative-ttl: 0
     infra-host-ttl: 1
-{anchors}{nodefault}remote-control:
+{self._server_extra}{anchors}{nodefault}remote-control:
     control-enable: no
-{stubs}"""
+{stubs}{self._after_stubs()}"""
         path = self.directory / "unbound.conf"
         path.write_text(config)
         return path
+
+    #: More ``server:`` options, and lines for each stub zone (for subclasses).
+    _server_extra = ""
+    _stub_extra = ""
+
+    def _stub_zones(self) -> list[str]:
+        return list(self.authoritative._zones) + sorted(self.authoritative._broken)
+
+    def _after_stubs(self) -> str:
+        return ""
 
     def start(self) -> "ValidatingResolver":
         last_log = ""
