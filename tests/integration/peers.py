@@ -147,18 +147,25 @@ class SmtpSink:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture
-def smtp_sink():
-    started: list[SmtpSink] = []
+def stopped_at_end(make):
+    """A fixture's body: yield *make* (a peer's class) as the test's factory, and stop
+    every peer it made when the test ends."""
+    started = []
 
-    def start(*options: str, **kwargs) -> SmtpSink:
-        sink = SmtpSink(*options, **kwargs)
-        started.append(sink)
-        return sink
+    def start(*args, **kwargs):
+        peer = make(*args, **kwargs)
+        started.append(peer)
+        return peer
 
     yield start
-    for sink in started:
-        sink.stop()
+    for peer in started:
+        peer.stop()
+
+
+@pytest.fixture
+def smtp_sink():
+    """``smtp_sink(*options, host=..., port=...)`` → a started :class:`SmtpSink`."""
+    yield from stopped_at_end(SmtpSink)
 
 
 # --- Dovecot LMTP --------------------------------------------------------------------
@@ -271,16 +278,8 @@ def _user_or(name: str, fallback: str) -> str:
 
 @pytest.fixture
 def dovecot_lmtp():
-    started: list[DovecotLMTP] = []
-
-    def start(users: dict[str, str | None]) -> DovecotLMTP:
-        server = DovecotLMTP(users)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+    """``dovecot_lmtp(users)`` → a started :class:`DovecotLMTP`."""
+    yield from stopped_at_end(DovecotLMTP)
 
 
 # --- Dovecot submission with AUTH EXTERNAL ------------------------------------------
@@ -396,16 +395,8 @@ class DovecotSubmission:
 
 @pytest.fixture
 def dovecot_submission():
-    started: list[DovecotSubmission] = []
-
-    def start(ca: "TestCA", relay_port: int) -> DovecotSubmission:
-        server = DovecotSubmission(ca, relay_port)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+    """``dovecot_submission(ca, relay_port)`` → a started :class:`DovecotSubmission`."""
+    yield from stopped_at_end(DovecotSubmission)
 
 
 # --- A test CA ----------------------------------------------------------------------
