@@ -220,6 +220,18 @@ def reopen_files() -> int:
     return count
 
 
+def flush() -> None:
+    """Write every buffered line now.
+
+    For a line that must reach the log before something another process
+    logs: a worker's ``listening`` lines go out before it tells the
+    supervisor it is ready, so the supervisor's ``started`` line (on the same
+    stderr) never comes before them.
+    """
+    for handler in logging.getLogger(_ROOT).handlers:
+        handler.flush()
+
+
 def file_paths() -> list[str]:
     """The files gmta currently logs to."""
     return [handler.baseFilename for handler in logging.getLogger(_ROOT).handlers

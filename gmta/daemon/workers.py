@@ -145,6 +145,10 @@ class WorkerRole:
 
     def ready(self, signals: Queue) -> None:
         """Every module runs: tell the supervisor, and stop when it goes away."""
+        # This worker's lines first: the supervisor logs ``started`` when
+        # every worker is ready, and a reader of the log (or a test waiting
+        # for that line) expects each worker's ``listening`` lines before it.
+        gmta.log.flush()
         self.control.sendall(READY_LINE)
         gevent.spawn(self._watch_supervisor, signals)
 

@@ -298,6 +298,12 @@ def test_a_warning_is_written_at_once_after_the_lines_before_it(buffered_stderr)
         ["event=before", "event=trouble"]
 
 
+def test_flush_writes_the_buffered_lines_before_the_hub_turns(buffered_stderr):
+    gmta.log.get("endpoint").info("listening")
+    gmta.log.flush()
+    assert lines(buffered_stderr) == ["level=info module=endpoint event=listening"]
+
+
 def test_the_buffer_is_bounded(buffered_stderr):
     log = gmta.log.get("endpoint")
     for n in range(gmta.log.BUFFER_LINES):

@@ -90,3 +90,29 @@ def test_two_blocks_on_the_same_written_address_keep_their_own_sockets():
             listen._adopted.pop(key, None)
         smtp.close()
         metrics.close()
+
+
+def test_a_worker_logs_its_lines_before_it_says_ready(monkeypatch):
+    # The supervisor logs ``started`` on the workers' shared stderr once each
+    # says ready; a worker's buffered ``listening`` lines must be out first.
+    import io
+
+    from gevent.queue import Queue
+
+    import gmta.log
+    from gmta.config.loader import LogTarget
+
+    stream = io.StringIO()
+    gmta.log.setup([LogTarget("stderr")], stream=stream, buffered=True)
+    ours, theirs = socket.socketpair()
+    try:
+        gmta.log.get("endpoint").info("listening", address="tcp://127.0.0.1:25")
+        role = workers.WorkerRole(0, 2, theirs)
+        monkeypatch.setattr(role, "_watch_supervisor", lambda signals: None)
+        role.ready(Queue())
+        assert ours.recv(64) == workers.READY_LINE
+        assert "event=listening" in stream.getvalue()
+    finally:
+        gmta.log.setup([], buffered=False)
+        ours.close()
+        theirs.close()
