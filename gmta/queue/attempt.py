@@ -259,17 +259,35 @@ class Attempt:
             if not record.finished:
                 in_threadpool(self.spool.write, lock, record)
         if record.finished:
-            # The unlinks and the release of the lock in the threadpool (one trip),
-            # then one fsync of msg/ shared with the other removals and
-            # publications meanwhile (group commit). Once unlinked, the entry
-            # cannot be locked again, so the lock need not wait for the fsync.
-            in_threadpool(self.spool.remove_and_release, lock)
-            queue.msg_dir_sync.sync()
+            self._retire(record, lock)
             self.log.info("done", queue_id=record.id, msg_id=record.msg_id,
                           delivered=sum(r.state == DELIVERED for r in record.recipients),
                           failed=sum(r.state == FAILED for r in record.recipients))
             return None
         return self.due_time(record, flush_all)
+
+    def _retire(self, record: QueuedMessage, lock) -> None:
+        """Remove a finished entry, durably: its file kept as a spare when it can be
+        (gmta.queue.spares), else unlinked."""
+        queue, spool = self.queue, self.spool
+        if lock.has_meta is False and spool.spares.reserve(record.size):
+            try:
+                # The rename into spare/ travels with the group commit of msg/;
+                # only after that fsync may the file be written over.
+                queue.msg_dir_sync.sync(spool.retire_renames(lock))
+            except BaseException:
+                spool.spares.cancel()
+                in_threadpool(spool.forget_retired, lock)
+                raise
+            if not spool.keep_spare(lock):
+                in_threadpool(spool.forget_retired, lock)
+            return
+        # The unlinks and the release of the lock in the threadpool (one trip),
+        # then one fsync of msg/ shared with the other removals and
+        # publications meanwhile (group commit). Once unlinked, the entry
+        # cannot be locked again, so the lock need not wait for the fsync.
+        in_threadpool(spool.remove_and_release, lock)
+        queue.msg_dir_sync.sync()
 
     def _log_results(self, record: QueuedMessage, results: dict, receipts: dict) -> None:
         for address, error in results.items():

@@ -266,6 +266,10 @@ class Scheduler:
         """One pass over ``tmp/`` and ``msg/``: recovery, and refill the window."""
         for name in in_threadpool(self.spool.clean_tmp):
             self.log.info("tmp_removed", file=name, reason="left by a crash before the 250")
+        removed = in_threadpool(self.spool.clean_spares)
+        if removed:
+            self.log.info("spares_removed", count=len(removed),
+                          reason="left by a process that stopped without deleting them")
         scanner = self.spool.scan()
         # A max-heap (negated times) of the `window` earliest entries seen.
         earliest: list[tuple[float, str]] = []

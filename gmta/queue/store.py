@@ -11,6 +11,8 @@ Layout of a queue directory (``docs/reference/queue.md`` has the details)::
       msg/ID.meta   a later record (JSON, gmta.queue.record), replaced atomically; when
                     it exists it supersedes the record embedded in ID.msg
       corrupt/      entries recovery could not read, with ID.reason
+      spare/ID      the file of a finished entry, kept (locked) by the process that
+                    delivered it, to be written over for a new message (gmta.queue.spares)
       wakeup        touched by ``gmta queue flush|release``; the daemon polls its mtime
       flush-all     time of the last ``gmta queue flush`` of the whole queue
 
@@ -58,6 +60,7 @@ from gmta import randomid
 from gmta.buffer import Buffer, MemoryBuffer
 from gmta.durable import create_file, fsync_dir, rename_out_of
 from gmta.queue.record import CorruptRecord, QueuedMessage
+from gmta.queue.spares import Spare, SparePool
 
 LAYOUT = "gmta-queue 2"
 #: Layouts a start upgrades in place: their entries read unchanged (FORMAT is
@@ -159,10 +162,12 @@ class EntryLock:
 
 @dataclass
 class Staged:
-    """A message written to ``tmp/`` (step 1) and not yet published."""
+    """A message written to ``tmp/`` or a spare (step 1) and not yet published."""
 
     id: str
     lock: EntryLock
+    #: Where it was written: ``tmp/ID.msg`` or ``spare/OLD-ID``.
+    source: str
 
 
 @dataclass
@@ -181,6 +186,9 @@ class Spool:
         self.tmp_dir = os.path.join(root, "tmp")
         self.msg_dir = os.path.join(root, "msg")
         self.corrupt_dir = os.path.join(root, "corrupt")
+        self.spare_dir = os.path.join(root, "spare")
+        #: This process's spare files (gmta.queue.spares).
+        self.spares = SparePool()
         self.wakeup_path = os.path.join(root, "wakeup")
         self.flush_all_path = os.path.join(root, "flush-all")
 
@@ -192,6 +200,9 @@ class Spool:
     def meta_path(self, entry_id: str) -> str:
         return os.path.join(self.msg_dir, entry_id + ".meta")
 
+    def spare_path(self, entry_id: str) -> str:
+        return os.path.join(self.spare_dir, entry_id)
+
     # -- set-up ------------------------------------------------------------------------
 
     def prepare(self) -> str | None:
@@ -201,7 +212,7 @@ class Spool:
         """
         format_path = os.path.join(self.root, "FORMAT")
         os.makedirs(self.root, mode=0o750, exist_ok=True)
-        for path in (self.tmp_dir, self.msg_dir, self.corrupt_dir):
+        for path in (self.tmp_dir, self.msg_dir, self.corrupt_dir, self.spare_dir):
             os.makedirs(path, mode=0o750, exist_ok=True)
         try:
             with open(format_path) as f:
@@ -225,7 +236,10 @@ class Spool:
 
     def stage(self, record: QueuedMessage, header: bytes, body: Buffer) -> Staged:
         """Step 1 of accepting a message: ``tmp/ID.msg`` (prefix, record, message) written
-        and fsynced."""
+        and fsynced, or a spare file written over instead of ``tmp/ID.msg``."""
+        spare = self.spares.take()
+        if spare is not None:
+            return self._stage_over(spare, record, header, body)
         tmp_msg = os.path.join(self.tmp_dir, record.id + ".msg")
         # Step 1: tmp/ID.msg, locked from its creation until it is published, so
         # that recovery in another process never takes it for a leftover.
@@ -241,7 +255,28 @@ class Spool:
             _unlink_quietly(tmp_msg)
             lock.release()
             raise
-        return Staged(record.id, lock)
+        return Staged(record.id, lock, tmp_msg)
+
+    def _stage_over(self, spare: Spare, record: QueuedMessage, header: bytes,
+                    body: Buffer) -> Staged:
+        # Step 1 over a spare (gmta.queue.spares): it is locked already, and
+        # belongs to no entry. The new message is written from its start and
+        # the file cut to the new length; its blocks are reused, so fdatasync
+        # writes the data and, if the length changed, the inode. Crash here:
+        # the spare is left half-written and unlocked in spare/, where
+        # recovery deletes it; the client got no 250.
+        lock = EntryLock(record.id, spare.fd)
+        try:
+            prefix = entry_prefix(_encode(record)) + header
+            os.lseek(spare.fd, 0, os.SEEK_SET)
+            body.write_to(spare.fd, prefix)
+            os.ftruncate(spare.fd, len(prefix) + body.size)
+            os.fdatasync(spare.fd)
+        except BaseException:
+            _unlink_quietly(spare.path)
+            lock.release()
+            raise
+        return Staged(record.id, lock, spare.path)
 
     def publish_renames(self, staged: Staged) -> list[tuple[str, str]]:
         """Step 2 of :meth:`publish`, as (source, destination), for a caller that makes
@@ -251,7 +286,7 @@ class Spool:
         # step 3: the entry may or may not survive (the directory was not
         # fsynced); either way no 250 was given, and if it survives it is
         # delivered like any other entry.
-        return [(os.path.join(self.tmp_dir, staged.id + ".msg"), self.msg_path(staged.id))]
+        return [(staged.source, self.msg_path(staged.id))]
 
     def publish(self, staged: Staged, sync_dir: bool = True) -> None:
         """Steps 2–3: rename ``ID.msg`` into ``msg/`` and fsync it; then a 250 may go out.
@@ -282,7 +317,7 @@ class Spool:
     def discard(self, staged: Staged) -> None:
         """Forget a staged message (the transaction was aborted or failed)."""
         try:
-            _unlink_quietly(os.path.join(self.tmp_dir, staged.id + ".msg"))
+            _unlink_quietly(staged.source)
         finally:
             staged.lock.release()
 
@@ -364,9 +399,13 @@ class Spool:
     def _read_head(self, entry_id: str, lock: EntryLock | None) -> EntryHead:
         if lock is not None:
             return read_head(lock.fd, HEAD_READ_LOCKED)
-        fd = os.open(self.msg_path(entry_id), os.O_RDONLY)
+        path = self.msg_path(entry_id)
+        fd = os.open(path, os.O_RDONLY)
         try:
-            return read_head(fd, HEAD_READ)
+            try:
+                return read_head(fd, HEAD_READ)
+            finally:
+                _check_still_named(path, fd)
         finally:
             os.close(fd)
 
@@ -385,8 +424,11 @@ class Spool:
         else:
             fd = os.open(path, os.O_RDONLY)
             try:
-                head = read_head(fd, HEAD_READ)
-                header = _header(head, fd, record)
+                try:
+                    head = read_head(fd, HEAD_READ)
+                    header = _header(head, fd, record)
+                finally:
+                    _check_still_named(path, fd)
             finally:
                 os.close(fd)
         body_start = head.message_offset + record.header_size
@@ -466,6 +508,74 @@ class Spool:
             self.remove(lock, sync_dir=False)
         finally:
             lock.release()
+
+    # -- spare files (gmta.queue.spares) -------------------------------------------------
+
+    def retire_renames(self, lock: EntryLock) -> list[tuple[str, str]]:
+        """Instead of :meth:`remove_and_release` for a finished entry without ``ID.meta``:
+        the rename of its ``ID.msg`` into ``spare/``, for the group commit of ``msg/``
+        that makes it durable (then :meth:`keep_spare`).
+
+        Crash before that fsync: the entry may come back and be delivered again,
+        as with an unlink that was not made durable (DESIGN §4.4); its file was
+        not written over yet. The lock stays held: the file becomes a spare.
+        """
+        assert lock.has_meta is False and lock.fd >= 0
+        return [(self.msg_path(lock.id), self.spare_path(lock.id))]
+
+    def keep_spare(self, lock: EntryLock) -> bool:
+        """The retired entry's file joins the pool with *lock*'s descriptor (on the hub,
+        after the fsync of ``msg/``). False when the pool is closed (the queue
+        stopped meanwhile): then :meth:`forget_retired` deletes it."""
+        if not self.spares.keep(Spare(self.spare_path(lock.id), lock.fd)):
+            return False
+        lock.fd = -1
+        return True
+
+    def forget_retired(self, lock: EntryLock) -> None:
+        """A retirement failed (rename or fsync): delete the file under either name,
+        as :meth:`remove_and_release` would have, and release the lock."""
+        try:
+            _unlink_quietly(self.spare_path(lock.id))
+            _unlink_quietly(self.msg_path(lock.id))
+        finally:
+            lock.release()
+
+    def drop_spares(self) -> int:
+        """Delete this process's spares and keep no more (the queue stops); returns
+        how many."""
+        self.spares.close()
+        count = 0
+        while (spare := self.spares.take()) is not None:
+            try:
+                _unlink_quietly(spare.path)
+            finally:
+                os.close(spare.fd)
+            count += 1
+        return count
+
+    def clean_spares(self) -> list[str]:
+        """Delete the spares of processes that are gone: those whose lock is free
+        (a live owner always holds its spares' locks); returns their names."""
+        removed = []
+        for name in sorted(os.listdir(self.spare_dir)):
+            path = os.path.join(self.spare_dir, name)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # Still the file we locked (not taken, written and published
+                # meanwhile): its name is an old id, never given again.
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    os.unlink(path)
+                    removed.append(name)
+            except (BlockingIOError, FileNotFoundError):
+                continue   # a live process's spare, or taken meanwhile
+            finally:
+                os.close(fd)
+        return removed
 
     def move_to_corrupt(self, entry_id: str, reason: str) -> None:
         """Move what exists of an entry to ``corrupt/`` with a ``.reason`` file."""
@@ -691,6 +801,20 @@ def _header(head: EntryHead, fd: int, record: QueuedMessage) -> bytes:
     if len(header) != record.header_size:
         raise CorruptRecord(f"{record.id}.msg is shorter than its header")
     return header
+
+
+def _check_still_named(path: str, fd: int) -> None:
+    """After reading *fd* without the entry's lock: raise FileNotFoundError unless
+    *path* still names its file. A finished entry's file becomes a spare and is
+    written over for another message, but only after it was renamed away, and
+    its name never comes back: so if the name still leads to the same inode
+    after the read, what was read is the entry's (gmta.queue.spares)."""
+    try:
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            return
+    except FileNotFoundError:
+        pass
+    raise FileNotFoundError(errno.ENOENT, "the entry was removed while it was read", path)
 
 
 def _write_at(fd: int, data: bytes, offset: int) -> None:

@@ -260,6 +260,9 @@ class QueueTarget(Module):
                 self.predecessor.scheduler.stop(self.grace)
         if not self.scheduler.retired:
             self.scheduler.stop(self.grace)
+        # After the scheduler's stop: attempts still running (reloaded, or past
+        # the grace) delete what they finish from now on (gmta.queue.spares).
+        in_threadpool(self.spool.drop_spares)
         if self.wakeup_sender is not None:
             # After the scheduler's stop, which hands on what it did not attempt.
             self.wakeup_sender.close()

@@ -148,6 +148,9 @@ def check(stream: Stream, counts: dict[int, int], kills: int, queue_dir: Path,
     assert duplicates <= kills * PARALLELISM
     assert not list((queue_dir / "msg").iterdir())
     assert not any((queue_dir / "corrupt").iterdir())
+    # Spare files (gmta.queue.spares) of killed processes were deleted by the
+    # next start's recovery, and the last process deleted its own at its stop.
+    assert not any((queue_dir / "spare").iterdir())
 
 
 def test_no_message_answered_250_is_lost_across_sigkills(tmp_path, state_dir):

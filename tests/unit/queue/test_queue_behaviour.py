@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import json
 import os
+from pathlib import Path
 import time
 
 import gevent
@@ -180,7 +181,19 @@ def test_q10_all_rcpts_refused_aborts_and_an_aborted_transaction_leaves_no_files
     from gmta.delivery import MessageMeta
     delivery = queue.start_delivery(MessageMeta(id="x"), "s@src.test")
     delivery.add_rcpt("c@d.test")
+    # The finished first entry's file is a spare, and the new message is
+    # written over it (gmta.queue.spares) instead of a new file in tmp/.
+    spare = os.listdir(queue.spool.spare_dir)
+    assert len(spare) == 1
     delivery.body(b"Subject: x\r\n\r\n", MemoryBuffer(b"body\r\n"))
+    assert b"Subject: x" in (Path(queue.spool.spare_dir) / spare[0]).read_bytes()
+    delivery.abort()
+    assert os.listdir(queue.spool.tmp_dir) == os.listdir(queue.spool.spare_dir) == []
+    assert entries(queue) == []
+    # Without a spare: written in tmp/, and an abort leaves nothing there either.
+    delivery = queue.start_delivery(MessageMeta(id="y"), "s@src.test")
+    delivery.add_rcpt("c@d.test")
+    delivery.body(b"Subject: y\r\n\r\n", MemoryBuffer(b"body\r\n"))
     assert os.listdir(queue.spool.tmp_dir)
     delivery.abort()
     assert os.listdir(queue.spool.tmp_dir) == [] and entries(queue) == []
