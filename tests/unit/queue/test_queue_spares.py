@@ -18,14 +18,7 @@ from gmta.queue.store import Spool, new_id
 from tests.unit.queue.helpers import ScriptedTarget, entries, settle, submit, wait_until
 
 def _locked(path: str) -> bool:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return Spool._locked_elsewhere(path)
 
 
 def _spares(queue) -> list[str]:
