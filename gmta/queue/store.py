@@ -54,7 +54,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, TypeVar
 
 from gmta import randomid
 from gmta.buffer import Buffer, MemoryBuffer
@@ -86,12 +86,12 @@ MAX_RECORD = 64 << 20
 #: too, which then needs no second open (:meth:`Spool.message`).
 HEAD_READ = 4096
 HEAD_READ_LOCKED = 32768
-COPY_CHUNK = 1 << 16
 #: tmp/ files younger than this are left alone by recovery: a writer creates a
 #: file and locks it in two system calls, and must not lose it in between.
 TMP_GRACE = 10.0
 
 _id_counter = itertools.count()
+T = TypeVar("T")
 
 
 def new_id() -> str:
@@ -399,15 +399,7 @@ class Spool:
     def _read_head(self, entry_id: str, lock: EntryLock | None) -> EntryHead:
         if lock is not None:
             return read_head(lock.fd, HEAD_READ_LOCKED)
-        path = self.msg_path(entry_id)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            try:
-                return read_head(fd, HEAD_READ)
-            finally:
-                _check_still_named(path, fd)
-        finally:
-            os.close(fd)
+        return _read_unlocked(self.msg_path(entry_id), lambda fd: read_head(fd, HEAD_READ))
 
     def message(self, record: QueuedMessage,
                 lock: EntryLock | None = None) -> tuple[bytes, Buffer]:
@@ -422,15 +414,11 @@ class Spool:
                 lock.head = read_head(lock.fd, HEAD_READ_LOCKED)
             head, header = lock.head, _header(lock.head, lock.fd, record)
         else:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                try:
-                    head = read_head(fd, HEAD_READ)
-                    header = _header(head, fd, record)
-                finally:
-                    _check_still_named(path, fd)
-            finally:
-                os.close(fd)
+            def head_and_header(fd: int) -> tuple[EntryHead, bytes]:
+                head = read_head(fd, HEAD_READ)
+                return head, _header(head, fd, record)
+
+            head, header = _read_unlocked(path, head_and_header)
         body_start = head.message_offset + record.header_size
         body_size = record.size - record.header_size
         if lock is not None and body_start + body_size <= len(head.data):
@@ -801,6 +789,19 @@ def _header(head: EntryHead, fd: int, record: QueuedMessage) -> bytes:
     if len(header) != record.header_size:
         raise CorruptRecord(f"{record.id}.msg is shorter than its header")
     return header
+
+
+def _read_unlocked(path: str, read: Callable[[int], T]) -> T:
+    """``read(fd)`` on a descriptor of *path* opened for it, by a reader without the
+    entry's lock; FileNotFoundError if the name no longer leads to what was read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            return read(fd)
+        finally:
+            _check_still_named(path, fd)
+    finally:
+        os.close(fd)
 
 
 def _check_still_named(path: str, fd: int) -> None:
