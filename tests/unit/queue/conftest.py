@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gmta.queue.store import Spool
 from tests.unit.queue import helpers
 
 
@@ -20,3 +21,11 @@ def queues(tmp_path):
     yield make
     for queue in started:
         queue.stop()
+
+
+@pytest.fixture
+def spool(tmp_path):
+    """A prepared spool in tmp_path/q, used without a queue."""
+    s = Spool(str(tmp_path / "q"))
+    s.prepare()
+    return s

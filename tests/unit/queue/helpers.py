@@ -17,6 +17,8 @@ import gmta.modules  # noqa: F401  (registers target.queue, dummy, smtp)
 from gmta.buffer import MemoryBuffer
 from gmta.config.loader import load_text
 from gmta.delivery import MessageMeta, PartialDeliveryError
+from gmta.queue.record import QueuedMessage, Recipient
+from gmta.queue.store import new_id
 
 
 
@@ -112,6 +114,22 @@ def submit(queue, rcpts, sender="sender@src.test", header=b"Subject: test\r\n\r\
     delivery.body(header, MemoryBuffer(body))
     delivery.commit()
     return meta
+
+
+def small_record(entry_id: str | None = None) -> QueuedMessage:
+    """A record of one recipient, for the message :func:`publish` writes by default."""
+    return QueuedMessage(id=entry_id or new_id(), msg_id="m", mail_from="s@src.test",
+                         recipients=[Recipient("a@d.test")], header_size=8, size=11,
+                         arrival=1.0)
+
+
+def publish(spool, record: QueuedMessage, header: bytes = b"H: v\r\n\r\n",
+            body: bytes = b"b\r\n") -> QueuedMessage:
+    """Stage and publish *record* straight through *spool* (no queue), unlocked."""
+    staged = spool.stage(record, header, MemoryBuffer(body))
+    spool.publish(staged)
+    staged.lock.release()
+    return record
 
 
 def entries(queue) -> list[str]:

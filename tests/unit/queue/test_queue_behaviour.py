@@ -435,8 +435,9 @@ def test_record_is_versioned_json(queues):
 
 # -- what a pass writes --------------------------------------------------------------------
 
-def count_writes(queue, events: list) -> None:
-    """Note each record write of *queue*'s spool in *events*, in order."""
+def count_writes(queue) -> list:
+    """The list in which each record write of *queue*'s spool is noted, in order."""
+    events: list = []
     write = queue.spool.write
 
     def noted(lock, record):
@@ -444,6 +445,7 @@ def count_writes(queue, events: list) -> None:
         write(lock, record)
 
     queue.spool.write = noted
+    return events
 
 
 def test_a_pass_that_finishes_silently_removes_without_rewriting_the_record(queues):
@@ -451,8 +453,7 @@ def test_a_pass_that_finishes_silently_removes_without_rewriting_the_record(queu
     target = ScriptedTarget({})
     bounce, pipeline = bounce_target()
     queue = queues(target, pipeline)
-    events: list = []
-    count_writes(queue, events)
+    events = count_writes(queue)
     submit(queue, ["a@d.test", "b@d.test"])
     settle(queue)
     assert target.attempts[0].committed and entries(queue) == []
@@ -464,8 +465,7 @@ def test_results_are_written_before_a_dsn_and_when_a_retry_remains(queues):
     target = ScriptedTarget({"body": {"a@d.test": PERM, "b@d.test": TEMP}}, {})
     bounce, pipeline = bounce_target()
     queue = queues(target, pipeline)
-    events: list = []
-    count_writes(queue, events)
+    events = count_writes(queue)
     real_start = bounce.start_delivery
 
     def start(meta, mail_from):
@@ -486,8 +486,7 @@ def test_a_successful_delivery_with_notify_success_is_written_before_its_dsn(que
     target = ScriptedTarget({})
     bounce, pipeline = bounce_target()
     queue = queues(target, pipeline)
-    events: list = []
-    count_writes(queue, events)
+    events = count_writes(queue)
     submit(queue, ["a@d.test"], rcpt_params={"a@d.test": {"notify": ["SUCCESS"]}})
     settle(queue)
     assert events[:1] == [("write", ["delivered"])] and len(bounce.attempts) == 1

@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-from gmta.buffer import MemoryBuffer
 from gmta.queue import store as store_mod
 from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.store import (ENTRY_MAGIC, FLAG_OFFSET, HEAD_READ_LOCKED, RECORD_HERE,
                               RECORD_IN_META, SpoolBody, Spool, new_id)
-from tests.unit.queue.helpers import ScriptedTarget, entries, make_queue, settle, wait_until
+from tests.unit.queue.helpers import (ScriptedTarget, entries, make_queue, publish, settle,
+                                      wait_until)
 
 HEADER = b"Subject: one file\r\n\r\n"
 BODY = b"body\r\n"
@@ -28,21 +28,12 @@ def _record(rcpts=("a@d.test",), header=HEADER, body=BODY) -> QueuedMessage:
 
 
 def _publish(spool, record, header=HEADER, body=BODY) -> None:
-    staged = spool.stage(record, header, MemoryBuffer(body))
-    spool.publish(staged)
-    staged.lock.release()
+    publish(spool, record, header, body)
 
 
 def _flag(spool, entry_id) -> bytes:
     with open(spool.msg_path(entry_id), "rb") as f:
         return f.read(FLAG_OFFSET + 1)[FLAG_OFFSET:]
-
-
-@pytest.fixture
-def spool(tmp_path):
-    s = Spool(str(tmp_path / "q"))
-    s.prepare()
-    return s
 
 
 def test_an_entry_is_one_file_with_its_record_embedded(spool):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,8 @@ from gmta.queue import store as store_mod
 from gmta.queue.record import QueuedMessage, Recipient
 from gmta.queue.spares import Spare, SparePool
 from gmta.queue.store import Spool, new_id
-from tests.unit.queue.helpers import ScriptedTarget, entries, settle, submit, wait_until
+from tests.unit.queue.helpers import (ScriptedTarget, entries, publish, settle, small_record,
+                                      submit, wait_until)
 
 def _locked(path: str) -> bool:
     return Spool._locked_elsewhere(path)
@@ -49,10 +51,8 @@ def test_a_delivered_entry_becomes_a_locked_spare_and_the_next_message_reuses_it
     assert data.endswith(b"Subject: test\r\n\r\nsecond\r\n") and b"first" not in data
 
 
-def test_the_spare_is_written_over_byte_exact(tmp_path):
-    spool = Spool(str(tmp_path / "q"))
-    spool.prepare()
-    old = tmp_path / "q" / "spare" / "0123456789abcdef"
+def test_the_spare_is_written_over_byte_exact(spool):
+    old = Path(spool.spare_dir) / "0123456789abcdef"
     old.write_bytes(b"x" * 5000)
     fd = os.open(old, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -127,18 +127,11 @@ def test_recovery_deletes_unlocked_leftovers_and_leaves_locked_spares(tmp_path, 
     assert _spares(queue) == [live], "a spare of a live process is locked and stays"
 
 
-def test_a_reader_without_the_lock_never_reads_a_spares_new_bytes(tmp_path, monkeypatch):
+def test_a_reader_without_the_lock_never_reads_a_spares_new_bytes(spool, monkeypatch):
     # `gmta queue show` (or a scan) opens msg/ID.msg; before it reads, the
     # delivering process retires the entry and writes another message over the
     # file. The reader must see the entry gone, not a damaged entry.
-    spool = Spool(str(tmp_path / "q"))
-    spool.prepare()
-    record = QueuedMessage(id=new_id(), msg_id="m", mail_from="s@src.test",
-                           recipients=[Recipient("a@d.test")], header_size=8, size=11,
-                           arrival=1.0)
-    staged = spool.stage(record, b"H: v\r\n\r\n", MemoryBuffer(b"b\r\n"))
-    spool.publish(staged)
-    staged.lock.release()
+    record = publish(spool, small_record())
     real_read_head = store_mod.read_head
 
     def retired_meanwhile(fd, size):

@@ -14,9 +14,10 @@ from gmta.buffer import MemoryBuffer
 from gmta.delivery import MessageMeta
 from gmta.errors import SMTPError
 from gmta.queue import store as store_mod
-from gmta.queue.record import QueuedMessage, Recipient
+from gmta.queue.record import QueuedMessage
 from gmta.queue.store import EntryBusy, Spool, new_id, valid_id
-from tests.unit.queue.helpers import ScriptedTarget, entries, make_queue, settle, wait_until
+from tests.unit.queue.helpers import (ScriptedTarget, entries, make_queue, publish, settle,
+                                      small_record, wait_until)
 
 # (function, which call fails): the three steps of stage() and publish().
 COMMIT_STEPS = [("fsync", 1), ("rename", 1), ("fsync_dir", 1)]
@@ -100,13 +101,8 @@ def test_commits_that_finish_together_share_one_fsync_of_msg(tmp_path, monkeypat
 
 @pytest.mark.parametrize("step", [("fsync", 1), ("rename", 1), ("fsync_dir", 1)],
                          ids=lambda s: f"{s[0]}-{s[1]}")
-def test_a_failed_record_update_keeps_the_old_record(tmp_path, monkeypatch, step):
-    spool = Spool(str(tmp_path / "q"))
-    spool.prepare()
-    record = _record()
-    staged = spool.stage(record, b"H: v\r\n\r\n", MemoryBuffer(b"b\r\n"))
-    spool.publish(staged)
-    staged.lock.release()
+def test_a_failed_record_update_keeps_the_old_record(spool, monkeypatch, step):
+    record = publish(spool, small_record())
     lock = spool.try_lock(record.id)
     changed = spool.read(record.id)
     changed.recipients[0].state = "delivered"
@@ -120,29 +116,8 @@ def test_a_failed_record_update_keeps_the_old_record(tmp_path, monkeypatch, step
     assert spool.clean_tmp(min_age=0) == [] or os.listdir(spool.tmp_dir) == []
 
 
-def _record(entry_id=None) -> QueuedMessage:
-    return QueuedMessage(id=entry_id or new_id(), msg_id="m", mail_from="s@src.test",
-                         recipients=[Recipient("a@d.test")], header_size=8, size=11,
-                         arrival=1.0)
-
-
-def _published(spool) -> QueuedMessage:
-    record = _record()
-    staged = spool.stage(record, b"H: v\r\n\r\n", MemoryBuffer(b"b\r\n"))
-    spool.publish(staged)
-    staged.lock.release()
-    return record
-
-
-@pytest.fixture
-def spool(tmp_path):
-    s = Spool(str(tmp_path / "q"))
-    s.prepare()
-    return s
-
-
 def test_message_reads_back_header_and_body(spool):
-    record = _published(spool)
+    record = publish(spool, small_record())
     header, body = spool.message(spool.read(record.id))
     assert header == b"H: v\r\n\r\n"
     with body.open() as f:
@@ -172,7 +147,7 @@ def test_clean_tmp_removes_leftovers_but_not_files_a_live_writer_holds(spool):
 
 def _updated(spool) -> QueuedMessage:
     """A published entry whose record was rewritten once (it has an ID.meta)."""
-    record = _published(spool)
+    record = publish(spool, small_record())
     lock = spool.try_lock(record.id)
     record.recipients[0].tries = 1
     spool.write(lock, record)
@@ -181,14 +156,14 @@ def _updated(spool) -> QueuedMessage:
 
 
 def test_scan_reports_entries_orphans_and_corrupt_records(spool):
-    good = _published(spool)
+    good = publish(spool, small_record())
     updated = _updated(spool)
     orphan = _updated(spool)
     os.unlink(spool.meta_path(orphan.id))      # a removal cut between its two unlinks
     layout1_orphan = "0" * 30
     with open(spool.msg_path(layout1_orphan), "wb") as f:
         f.write(b"H: v\r\n\r\nb\r\n")         # a layout-1 message without its record
-    broken = _published(spool)
+    broken = publish(spool, small_record())
     with open(spool.meta_path(broken.id), "w") as f:
         f.write('{"format": 99}')
     lone_record = _updated(spool)
@@ -222,7 +197,7 @@ def test_scan_leaves_a_locked_orphan_alone(spool):
 
 
 def test_locks_exclude_each_other_and_see_removal(spool):
-    record = _published(spool)
+    record = publish(spool, small_record())
     lock = spool.try_lock(record.id)
     with pytest.raises(EntryBusy):
         spool.try_lock(record.id)  # another open file description, same process
@@ -235,7 +210,7 @@ def test_locks_exclude_each_other_and_see_removal(spool):
 
 
 def test_a_lock_taken_on_a_removed_entry_is_refused(spool):
-    record = _published(spool)
+    record = publish(spool, small_record())
     fd = os.open(spool.msg_path(record.id), os.O_RDONLY)  # a reader opened it...
     lock = spool.try_lock(record.id)
     spool.remove(lock)  # ...then the entry was removed and unlinked
@@ -265,7 +240,7 @@ def test_unknown_layout_is_refused(tmp_path):
 def test_entry_with_corrupt_record_found_by_an_attempt_is_moved_aside(tmp_path, log_lines):
     queue = make_queue(tmp_path / "state", ScriptedTarget(), start=False)
     queue.spool.prepare()
-    record = _published(queue.spool)
+    record = publish(queue.spool, small_record())
     with open(queue.spool.meta_path(record.id), "w") as f:
         f.write("{not json")
     assert queue.scheduler.attempt.run(record.id) is None
@@ -277,7 +252,7 @@ def test_delivery_after_restart_of_a_staged_but_unpublished_message_never_happen
     state = tmp_path / "state"
     queue = make_queue(state, ScriptedTarget(), start=False)
     queue.spool.prepare()
-    record = _record()
+    record = small_record()
     queue.spool.stage(record, b"H: v\r\n\r\n", MemoryBuffer(b"b\r\n")).lock.release()
     for name in os.listdir(queue.spool.tmp_dir):
         age(os.path.join(queue.spool.tmp_dir, name))  # as if the crash was a while ago
