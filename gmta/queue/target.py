@@ -262,6 +262,9 @@ class QueueTarget(Module):
             self.scheduler.stop(self.grace)
         # After the scheduler's stop: attempts still running (reloaded, or past
         # the grace) delete what they finish from now on (gmta.queue.spares).
+        # Closed here on the hub, where keep() runs, so that none is kept
+        # between the close and the deletion in the pool thread.
+        self.spool.spares.close()
         in_threadpool(self.spool.drop_spares)
         if self.wakeup_sender is not None:
             # After the scheduler's stop, which hands on what it did not attempt.
