@@ -463,23 +463,10 @@ class RemoteTarget(Module):
 
     def give_back(self, delivery: RemoteDelivery, connection: MXConnection, *,
                   clean: bool) -> None:
-        """After a message: keep the session for the next one, or close it.
-
-        maddy's rules: never after a failed content transfer, at most
-        ``conn_reuse_limit`` transactions. A transaction that did not finish is
-        ended with RSET first (RFC 5321 §4.1.1.5).
-        """
-        client = connection.client
-        if not client.usable or client.transactions >= self.conn_reuse_limit:
-            client.quit()
-            return
-        if not clean:
-            try:
-                client.rset()
-            except SMTPError:
-                client.close()
-                return
-        self.cache.put(self.cache_key(connection.facts.domain, delivery), connection)
+        """After a message: keep the session for the next one, or close it
+        (ConnectionCache.give_back; a failed content transfer never gets here)."""
+        self.cache.give_back(self.cache_key(connection.facts.domain, delivery), connection,
+                             clean=clean, reuse_limit=self.conn_reuse_limit)
 
 
 def _noverify(config: TLSClientConfig | None) -> ssl.SSLContext:

@@ -524,21 +524,13 @@ class SMTPTarget(Module):
         return self.open_session(meta, randomid.token_hex(6)), False
 
     def give_back(self, meta: MessageMeta, client: SMTPClient, *, clean: bool) -> None:
-        """After a message: keep the session for the next one, or close it.
-
-        A transaction that did not finish is ended with RSET first (RFC 5321 §4.1.1.5).
-        """
-        if not client.usable or client.transactions >= self.conn_reuse_limit \
-                or self.cache.max_idle_per_key <= 0:
-            client.quit()
+        """After a message: keep the session for the next one, or close it
+        (ConnectionCache.give_back)."""
+        if self.cache.max_idle_per_key <= 0:
+            client.quit()   # no reuse (conn_max_idle_count 0): no RSET first
             return
-        if not clean:
-            try:
-                client.rset()
-            except SMTPError:
-                client.close()
-                return
-        self.cache.put(self.cache_key(meta), Session(client))
+        self.cache.give_back(self.cache_key(meta), Session(client), clean=clean,
+                             reuse_limit=self.conn_reuse_limit)
 
     def open_session(self, meta: MessageMeta, session_id: str) -> SMTPClient:
         """A greeted, TLS-protected (as configured) and authenticated session with the
