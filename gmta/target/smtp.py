@@ -240,11 +240,11 @@ class ForwardDelivery:
         for rcpt, error in results.items():
             if error is None and self.target.lmtp:
                 self.log.info("delivered", msg_id=self.meta.id, session=self.session_id,
-                              target=self.client.peer if self.client else "", rcpt=rcpt)
+                              target=client.peer, rcpt=rcpt)
             elif error is None:
-                receipt = self.receipts[rcpt]
                 self.log.info("delivered", msg_id=self.meta.id, session=self.session_id,
-                              target=client.peer, rcpts=len(self.rcpts), reply=receipt["reply"])
+                              target=client.peer, rcpts=len(self.rcpts),
+                              reply=self.receipts[rcpt]["reply"])
                 break   # SMTP: one line for the whole message
         _raise_for(results)
 
@@ -284,7 +284,7 @@ class ForwardDelivery:
         """
         lost = SMTPError(451, (4, 4, 2), "Connection lost before the server answered")
         results: dict[str, SMTPError | None] = {rcpt: lost for rcpt in self.rcpts.values()}
-        peer = self.client.peer if self.client else ""
+        peer = self.client.peer
         for response in responses:
             rcpt = self.rcpts.get(response.command.recipient, response.command.recipient)
             if response.ok:
