@@ -40,7 +40,7 @@ from gmta.buffer import Buffer
 from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, ModuleRef
 from gmta.config.tls import TLSClientConfig, parse_client_tls
-from gmta.delivery import MessageMeta, PartialDeliveryError, tls_required_no
+from gmta.delivery import MessageMeta, raise_for, tls_required_no
 from gmta.errors import SMTPError
 from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.net import client as smtp_client
@@ -213,12 +213,7 @@ class RemoteDelivery:
                 self._close(group)
             for rcpt in group.rcpts.values():
                 results[rcpt] = error
-        errors = set(results.values())
-        if errors == {None}:
-            return
-        if len(errors) == 1:
-            raise errors.pop()
-        raise PartialDeliveryError(results)
+        raise_for(results)
 
     def commit(self) -> None:
         self._finish()

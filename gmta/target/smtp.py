@@ -41,7 +41,7 @@ from gmta.config.module import Module, register
 from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Endpoints, ModuleRef)
 from gmta.config.tls import TLSClientConfig, parse_client_tls
 from gmta.config.values import Endpoint, parse_endpoint
-from gmta.delivery import MessageMeta, PartialDeliveryError
+from gmta.delivery import MessageMeta, raise_for
 from gmta.errors import SMTPError
 from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.net import client as smtp_client
@@ -246,7 +246,7 @@ class ForwardDelivery:
                               target=client.peer, rcpts=len(self.rcpts),
                               reply=self.receipts[rcpt]["reply"])
                 break   # SMTP: one line for the whole message
-        _raise_for(results)
+        raise_for(results)
 
     def _content_results(self, header: bytes, body: Buffer) -> dict[str, SMTPError | None]:
         """Send the content; the result of each accepted recipient (self.rcpts), and
@@ -314,7 +314,7 @@ class ForwardDelivery:
             raise
         for error in set(results.values()):   # equal errors count together
             metrics.count_target(name, [r for r, e in results.items() if e == error], error)
-        _raise_for(results)
+        raise_for(results)
 
     def _batch_results(self, header: bytes, body: Buffer) -> dict[str, SMTPError | None]:
         """MAIL, RCPTs and DATA in one write (RFC 2920 §3.1), then the content."""
@@ -385,17 +385,6 @@ class ForwardDelivery:
             for lease in self.leases:
                 lease.release()
             self.leases = []
-
-
-def _raise_for(results: dict[str, SMTPError | None]) -> None:
-    """Nothing when every recipient was delivered; else the one error they share,
-    or PartialDeliveryError."""
-    errors = set(results.values())
-    if errors == {None}:
-        return
-    if len(errors) == 1:
-        raise errors.pop()   # every recipient failed the same way
-    raise PartialDeliveryError(results)
 
 
 @register
