@@ -38,7 +38,7 @@ import gmta.log
 from gmta import metrics, randomid
 from gmta.buffer import Buffer
 from gmta.config.module import Module, register
-from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Endpoints, ModuleRef)
+from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Endpoints, ModuleRef
 from gmta.config.tls import TLSClientConfig, parse_client_tls
 from gmta.config.values import Endpoint, parse_endpoint
 from gmta.delivery import MessageMeta, raise_for
