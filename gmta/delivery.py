@@ -109,6 +109,17 @@ class PartialDeliveryError(SMTPError):
         return {rcpt: error for rcpt, error in self.results.items() if error is not None}
 
 
+def raise_for(results: dict[str, SMTPError | None]) -> None:
+    """Nothing when every recipient was delivered; else the one error they share,
+    or PartialDeliveryError."""
+    errors = set(results.values())
+    if errors == {None}:
+        return
+    if len(errors) == 1:
+        raise errors.pop()   # every recipient failed the same way
+    raise PartialDeliveryError(results)
+
+
 class Delivery(Protocol):
     def add_rcpt(self, rcpt: str, params: dict | None = None) -> None:
         """Accept *rcpt* for this message or raise SMTPError."""

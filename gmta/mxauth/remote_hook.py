@@ -39,8 +39,7 @@ class RemoteHook:
             tls_version=(tls.version or "TLS") if encrypted else None,
             # The target measures authenticated = PKIX-verified for the MX name.
             pkix_verified=facts.tls_level == TLSLevel.AUTHENTICATED,
-            peer_chain=facts.peer_chain or
-            ((facts.peer_certificate,) if facts.peer_certificate else ()),
+            peer_chain=facts.peer_chain,
             tls_error=facts.tls_error, requiretls_offered=facts.requiretls_offered)
         verdict = self.message.check_connection(facts.domain, facts.mx, facts.mx_level, ours)
         return verdict.tls_level

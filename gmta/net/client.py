@@ -43,6 +43,7 @@ import gmta.log
 from gmta import metrics
 from gmta.config.values import Endpoint
 from gmta.errors import SMTPError
+from gmta.net.waiting import send_without_waiting
 from gmta.proto.client import ClientConnection, ClientState, Response
 from gmta.proto.events import NEED_DATA
 from gmta.proto.framing import DataEncoder
@@ -63,10 +64,6 @@ QUIT_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 300.0
 DEFAULT_COMMAND_TIMEOUT = 300.0
 DEFAULT_SUBMISSION_TIMEOUT = 720.0
-
-#: gevent's cooperative socket without TLS: its ``send`` takes a timeout of its
-#: own, so a write that fits in the buffer is tried once without waiting.
-_PlainSocket = socket.socket
 
 
 class ConnectionFailed(SMTPError):
@@ -166,16 +163,9 @@ class SMTPClient:
             return
         sock = self.sock
         try:
-            if type(sock) is _PlainSocket:
-                # Almost always the bytes fit in the socket's buffer: one send
-                # that cannot wait, and no timer.
-                try:
-                    sent = sock.send(data, 0, 0.0)
-                except BlockingIOError:
-                    sent = 0
-                if sent == len(data):
-                    return
-                data = memoryview(data)[sent:]
+            data = send_without_waiting(sock, data)
+            if not data:
+                return
             deadline = time.monotonic() + (timeout or self.command_timeout)
             # Each send takes at least one byte or raises: the loop ends by the deadline.
             while data:

@@ -18,12 +18,11 @@ import sys
 from typing import Protocol
 
 import gevent
-import gevent.socket
 
 import gmta.log
 from gmta import metrics
 from gmta.errors import SMTPError
-from gmta.net.waiting import wait_readable
+from gmta.net.waiting import PlainSocket, send_without_waiting, wait_readable
 from gmta.proto.events import (CLOSED, NEED_DATA, Auth, BodyChunk, Connected, DataStart, Ehlo,
                                Helo, Lhlo, Mail, MessageEnd, ProtocolError, Quit, Rcpt, Rset,
                                StartTLS)
@@ -33,9 +32,6 @@ from gmta.proto.server import ServerConnection
 log = gmta.log.get("session")
 
 RECV_SIZE = 64 * 1024
-#: gevent's cooperative socket without TLS (TLS sockets and test doubles take
-#: the general path in SessionDriver._write).
-_PlainSocket = gevent.socket.socket
 # Replies the driver sends itself when the session ends for a reason the
 # machine does not know about (RFC 5321 §4.2.2: 421 closes the channel).
 IDLE_TIMEOUT = SMTPError(421, (4, 4, 2), "Idle timeout, bye bye")
@@ -122,17 +118,9 @@ class SessionDriver:
             self.log.info("io", session=self.session_id, direction="out",
                           data=data.decode("utf-8", "replace"))
         try:
-            if type(self.sock) is _PlainSocket:
-                # A reply almost always fits in the socket's buffer: one send
-                # that cannot wait, and no timer. A gevent.Timeout per reply,
-                # and sendall's own getsockopt, cost more than the send.
-                try:
-                    sent = self.sock.send(data, 0, 0.0)
-                except BlockingIOError:
-                    sent = 0
-                if sent == len(data):
-                    return
-                data = data[sent:]
+            data = send_without_waiting(self.sock, data)
+            if not data:
+                return
             with gevent.Timeout(self.write_timeout, ClientGone("write timeout")):
                 self.sock.sendall(data)
         except OSError as e:
@@ -146,7 +134,7 @@ class SessionDriver:
             # Plain and TLS sockets (gevent's SSLSocket is a subclass), not test
             # doubles; and not when TLS already holds decrypted bytes: the
             # descriptor may never become readable for them.
-            if isinstance(sock, _PlainSocket) and not _has_pending(sock) \
+            if isinstance(sock, PlainSocket) and not _has_pending(sock) \
                     and not wait_readable(sock.fileno(), self.read_timeout):
                 raise TimeoutError
             sock.settimeout(self.read_timeout)

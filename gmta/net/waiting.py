@@ -1,4 +1,4 @@
-"""Waiting until a socket is readable, with a timeout, in as little memory as possible.
+"""Waiting on a socket in as little memory, and writing to it in as little time, as possible.
 
 An idle SMTP session spends its life waiting for its next command, so what a
 parked greenlet holds is multiplied by every open connection. Blocking inside
@@ -10,13 +10,21 @@ sleeps, and keeps a ``gevent.Timeout`` object with its timer alive.
 directly: about 1.5 KiB less per idle session (bench/README.md, idle sessions).
 The caller then reads with the ordinary cooperative ``recv``, which finds the
 data waiting.
+
+Writes are the other way round: a reply or a command almost always fits in the
+socket's buffer, so :func:`send_without_waiting` tries one send that cannot
+wait, and only what is left (rarely anything) needs a deadline.
 """
 
 from __future__ import annotations
 
 from gevent import get_hub, getcurrent
+from gevent import socket as _gevent_socket
 
 _READ = 1  # libev/libuv's EV_READ
+
+#: gevent's cooperative socket without TLS (gevent's SSLSocket is a subclass).
+PlainSocket = _gevent_socket.socket
 
 
 def wait_readable(fileno: int, timeout: float) -> bool:
@@ -36,3 +44,20 @@ def wait_readable(fileno: int, timeout: float) -> bool:
     finally:
         readable.close()
         timer.close()
+
+
+def send_without_waiting(sock, data: bytes) -> bytes | memoryview:
+    """What is left of *data* after one send that cannot wait: empty when all of it
+    went, as almost always. No timer: a ``gevent.Timeout`` per write, and
+    ``sendall``'s own ``getsockopt``, cost more than the send. Only a plain gevent
+    socket (its ``send`` takes a timeout of its own); a TLS socket or a test double
+    gets *data* back whole."""
+    if type(sock) is not PlainSocket:
+        return data
+    try:
+        sent = sock.send(data, 0, 0.0)
+    except BlockingIOError:
+        return data
+    if sent == len(data):
+        return b""
+    return memoryview(data)[sent:]

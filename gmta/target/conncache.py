@@ -141,6 +141,26 @@ class ConnectionCache:
             self._close(self._remove(next(iter(self._all.values()))), "too_many")
         self._ensure_reaper()
 
+    def give_back(self, key: Hashable, connection: Any, *, clean: bool,
+                  reuse_limit: int) -> None:
+        """After a message: keep *connection* under *key* for the next one, or close it.
+
+        maddy's rules: at most *reuse_limit* transactions per session. A transaction
+        that did not finish (not *clean*) is ended with RSET first (RFC 5321
+        §4.1.1.5); a session that does not answer it is closed.
+        """
+        client = connection.client
+        if not client.usable or client.transactions >= reuse_limit:
+            client.quit()
+            return
+        if not clean:
+            try:
+                client.rset()
+            except SMTPError:
+                client.close()
+                return
+        self.put(key, connection)
+
     def trim(self) -> int:
         """Close the oldest sessions of every key beyond max_idle_per_key; how many."""
         closed = 0

@@ -246,8 +246,7 @@ class Walk:
             chain = peer_chain(client.sock)
         return ConnectionFacts(domain=self.domain, mx=candidate.name, address=address,
                                port=self.settings.port, mx_level=mx_level, tls_level=level,
-                               tls=tls, peer_certificate=chain[0] if chain else None,
-                               peer_chain=chain, tls_error=tls_error,
+                               tls=tls, peer_chain=chain, tls_error=tls_error,
                                requiretls_offered=client.supports("REQUIRETLS"))
 
     def _failed(self, mx: str, address: str | None, error: SMTPError) -> None:

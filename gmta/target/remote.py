@@ -40,7 +40,7 @@ from gmta.buffer import Buffer
 from gmta.config.module import Module, register
 from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Int, ModuleRef
 from gmta.config.tls import TLSClientConfig, parse_client_tls
-from gmta.delivery import MessageMeta, PartialDeliveryError, tls_required_no
+from gmta.delivery import MessageMeta, raise_for, tls_required_no
 from gmta.errors import SMTPError
 from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.net import client as smtp_client
@@ -213,12 +213,7 @@ class RemoteDelivery:
                 self._close(group)
             for rcpt in group.rcpts.values():
                 results[rcpt] = error
-        errors = set(results.values())
-        if errors == {None}:
-            return
-        if len(errors) == 1:
-            raise errors.pop()
-        raise PartialDeliveryError(results)
+        raise_for(results)
 
     def commit(self) -> None:
         self._finish()
@@ -463,23 +458,10 @@ class RemoteTarget(Module):
 
     def give_back(self, delivery: RemoteDelivery, connection: MXConnection, *,
                   clean: bool) -> None:
-        """After a message: keep the session for the next one, or close it.
-
-        maddy's rules: never after a failed content transfer, at most
-        ``conn_reuse_limit`` transactions. A transaction that did not finish is
-        ended with RSET first (RFC 5321 §4.1.1.5).
-        """
-        client = connection.client
-        if not client.usable or client.transactions >= self.conn_reuse_limit:
-            client.quit()
-            return
-        if not clean:
-            try:
-                client.rset()
-            except SMTPError:
-                client.close()
-                return
-        self.cache.put(self.cache_key(connection.facts.domain, delivery), connection)
+        """After a message: keep the session for the next one, or close it
+        (ConnectionCache.give_back; a failed content transfer never gets here)."""
+        self.cache.give_back(self.cache_key(connection.facts.domain, delivery), connection,
+                             clean=clean, reuse_limit=self.conn_reuse_limit)
 
 
 def _noverify(config: TLSClientConfig | None) -> ssl.SSLContext:

@@ -113,8 +113,6 @@ class ConnectionFacts:
     #: authenticated (verified against the trusted roots for the MX name).
     tls_level: TLSLevel
     tls: "TLSInfo | None"
-    #: The server's certificate (DER) when TLS is up (the first of ``peer_chain``).
-    peer_certificate: bytes | None
     #: Why TLS is not up although the server offered STARTTLS (for error texts).
     tls_error: str | None
     #: The server advertised REQUIRETLS (RFC 8689 §4.1).
@@ -122,6 +120,11 @@ class ConnectionFacts:
     #: Every certificate the server sent (DER, leaf first, verified or not):
     #: DANE-TA matches its trust anchor among them (RFC 7672 §3.1.2).
     peer_chain: tuple[bytes, ...] = ()
+
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """The server's certificate (DER) when TLS is up: the first of ``peer_chain``."""
+        return self.peer_chain[0] if self.peer_chain else None
 
 
 class DeliveryPolicy(Protocol):

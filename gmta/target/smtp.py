@@ -38,10 +38,10 @@ import gmta.log
 from gmta import metrics, randomid
 from gmta.buffer import Buffer
 from gmta.config.module import Module, register
-from gmta.config.reader import (Bool, Custom, Directive, Domain, Duration, Endpoints, ModuleRef)
+from gmta.config.reader import Bool, Custom, Directive, Domain, Duration, Endpoints, ModuleRef
 from gmta.config.tls import TLSClientConfig, parse_client_tls
 from gmta.config.values import Endpoint, parse_endpoint
-from gmta.delivery import MessageMeta, PartialDeliveryError
+from gmta.delivery import MessageMeta, raise_for
 from gmta.errors import SMTPError
 from gmta.limits import UNLIMITED, Lease, domain_of
 from gmta.net import client as smtp_client
@@ -240,13 +240,13 @@ class ForwardDelivery:
         for rcpt, error in results.items():
             if error is None and self.target.lmtp:
                 self.log.info("delivered", msg_id=self.meta.id, session=self.session_id,
-                              target=self.client.peer if self.client else "", rcpt=rcpt)
+                              target=client.peer, rcpt=rcpt)
             elif error is None:
-                receipt = self.receipts[rcpt]
                 self.log.info("delivered", msg_id=self.meta.id, session=self.session_id,
-                              target=client.peer, rcpts=len(self.rcpts), reply=receipt["reply"])
+                              target=client.peer, rcpts=len(self.rcpts),
+                              reply=self.receipts[rcpt]["reply"])
                 break   # SMTP: one line for the whole message
-        _raise_for(results)
+        raise_for(results)
 
     def _content_results(self, header: bytes, body: Buffer) -> dict[str, SMTPError | None]:
         """Send the content; the result of each accepted recipient (self.rcpts), and
@@ -284,7 +284,7 @@ class ForwardDelivery:
         """
         lost = SMTPError(451, (4, 4, 2), "Connection lost before the server answered")
         results: dict[str, SMTPError | None] = {rcpt: lost for rcpt in self.rcpts.values()}
-        peer = self.client.peer if self.client else ""
+        peer = self.client.peer
         for response in responses:
             rcpt = self.rcpts.get(response.command.recipient, response.command.recipient)
             if response.ok:
@@ -314,7 +314,7 @@ class ForwardDelivery:
             raise
         for error in set(results.values()):   # equal errors count together
             metrics.count_target(name, [r for r, e in results.items() if e == error], error)
-        _raise_for(results)
+        raise_for(results)
 
     def _batch_results(self, header: bytes, body: Buffer) -> dict[str, SMTPError | None]:
         """MAIL, RCPTs and DATA in one write (RFC 2920 §3.1), then the content."""
@@ -385,17 +385,6 @@ class ForwardDelivery:
             for lease in self.leases:
                 lease.release()
             self.leases = []
-
-
-def _raise_for(results: dict[str, SMTPError | None]) -> None:
-    """Nothing when every recipient was delivered; else the one error they share,
-    or PartialDeliveryError."""
-    errors = set(results.values())
-    if errors == {None}:
-        return
-    if len(errors) == 1:
-        raise errors.pop()   # every recipient failed the same way
-    raise PartialDeliveryError(results)
 
 
 @register
@@ -524,21 +513,13 @@ class SMTPTarget(Module):
         return self.open_session(meta, randomid.token_hex(6)), False
 
     def give_back(self, meta: MessageMeta, client: SMTPClient, *, clean: bool) -> None:
-        """After a message: keep the session for the next one, or close it.
-
-        A transaction that did not finish is ended with RSET first (RFC 5321 §4.1.1.5).
-        """
-        if not client.usable or client.transactions >= self.conn_reuse_limit \
-                or self.cache.max_idle_per_key <= 0:
-            client.quit()
+        """After a message: keep the session for the next one, or close it
+        (ConnectionCache.give_back)."""
+        if self.cache.max_idle_per_key <= 0:
+            client.quit()   # no reuse (conn_max_idle_count 0): no RSET first
             return
-        if not clean:
-            try:
-                client.rset()
-            except SMTPError:
-                client.close()
-                return
-        self.cache.put(self.cache_key(meta), Session(client))
+        self.cache.give_back(self.cache_key(meta), Session(client), clean=clean,
+                             reuse_limit=self.conn_reuse_limit)
 
     def open_session(self, meta: MessageMeta, session_id: str) -> SMTPClient:
         """A greeted, TLS-protected (as configured) and authenticated session with the

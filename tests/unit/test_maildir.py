@@ -42,11 +42,12 @@ def listing(path) -> list[str]:
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
-def deliver(target, rcpts, header=b"Subject: hi\r\n\r\n", body=b"body\r\n", sender="s@x.test"):
+def deliver(target, rcpts, header=b"Subject: hi\r\n\r\n", body: bytes | Buffer = b"body\r\n",
+            sender="s@x.test"):
     delivery = target.start_delivery(META, sender)
     for rcpt in rcpts:
         delivery.add_rcpt(rcpt)
-    delivery.body(header, MemoryBuffer(body))
+    delivery.body(header, body if isinstance(body, Buffer) else MemoryBuffer(body))
     delivery.commit()
     return delivery
 
@@ -230,11 +231,7 @@ def test_commit_syncs_the_file_before_the_rename_and_new_after(target, root, mon
         writer = BufferWriter(0, str(tmp_path / "buffer"))
         writer.write(b"body\r\n")
         body = writer.finish()
-    delivery = target.start_delivery(META, "s@x.test")
-    for rcpt in ["a@example.test", "b@example.test"]:
-        delivery.add_rcpt(rcpt)
-    delivery.body(b"Subject: hi\r\n\r\n", body)
-    delivery.commit()
+    deliver(target, ["a@example.test", "b@example.test"], body=body)
     maildirs = [str(root / "example.test" / local) for local in ("a", "b")]
     renames = [e for e in events if e[0] == "rename"]
     assert [os.path.dirname(os.path.dirname(src)) for _, src, _ in renames] == maildirs

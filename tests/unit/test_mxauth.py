@@ -259,7 +259,7 @@ def _target_facts(mx: str, mx_level, tls_level, **kw):
     """The facts target.remote's walk hands to the hook (gmta.target.security)."""
     from gmta.target.security import ConnectionFacts as TargetFacts
     fields = dict(domain="a.test", mx=mx, address="127.0.0.2", port=25, mx_level=mx_level,
-                  tls_level=tls_level, tls=None, peer_certificate=None, tls_error=None,
+                  tls_level=tls_level, tls=None, tls_error=None,
                   requiretls_offered=False)
     fields.update(kw)
     return TargetFacts(**fields)
@@ -294,7 +294,7 @@ def test_remote_hook_passes_levels_unconverted_and_the_whole_chain(user):
     assert level is MXLevel.DNSSEC and str(level) == "dnssec"
     facts = _target_facts("mx.a.test", level, TLSLevel.ENCRYPTED,
                           tls=TLSInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", False, False),
-                          peer_certificate=b"leaf", peer_chain=(b"leaf", b"CA"))
+                          peer_chain=(b"leaf", b"CA"))
     seen = []
     hook.message.check_connection = lambda domain, mx, mx_level, ours: (
         seen.append((mx_level, ours)) or SimpleNamespace(tls_level=TLSLevel.AUTHENTICATED))
