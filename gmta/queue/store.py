@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, TypeVar
 
 from gmta import randomid
-from gmta.buffer import Buffer, MemoryBuffer
+from gmta.buffer import Buffer, MemoryBuffer, write_all
 from gmta.durable import create_file, fsync_dir, rename_out_of
 from gmta.queue.record import CorruptRecord, QueuedMessage
 from gmta.queue.spares import Spare, SparePool
@@ -834,9 +834,7 @@ def _write_durably(path: str, data: bytes, tmp_dir: str | None) -> None:
         path = os.path.join(tmp_dir, f"{os.path.basename(path)}.{randomid.token_hex(4)}")
     fd = create_file(path, os.O_WRONLY | os.O_TRUNC, 0o640)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
