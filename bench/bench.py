@@ -145,6 +145,24 @@ def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
     return bool(predicate())
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM *proc* if it still runs, and SIGKILL it if it has not gone in *timeout* s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def listens(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:*port*."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 # -- /proc --------------------------------------------------------------------
 
 def status_kib(pid: int, key: str) -> int:
@@ -362,13 +380,7 @@ class Gmta:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 20)
         self.log.close()
         self.pid_file.unlink(missing_ok=True)
 
@@ -449,9 +461,7 @@ class Postfix:
                 self.master = int(pid_file.read_text().strip())
             except (FileNotFoundError, ValueError):
                 return False
-            with socket.socket() as s:
-                s.settimeout(1)
-                return s.connect_ex(("127.0.0.1", self.port)) == 0
+            return listens(self.port)
 
         if not wait_until(up, 30, 0.1):
             raise BenchError("Postfix did not start; maillog:\n" + self.maillog()[-2000:])
@@ -700,8 +710,9 @@ def one_session(port: int) -> None:
         f.readline()
         f.write(f"EHLO {HELO}\r\n".encode())
         f.flush()
-        while not f.readline().startswith(b"250 "):
-            pass
+        for _ in range(50):           # bounded: a server that closes sends b"" forever
+            if f.readline().startswith(b"250 "):
+                break
         f.write(b"QUIT\r\n")
         f.flush()
         f.readline()
@@ -872,13 +883,7 @@ class Sink:
         # bench/run's exit trap stops any sink listed here that is still running.
         with (self.dir.parent / "sink-pids").open("a") as f:
             f.write(f"{self.proc.pid}\n")
-
-        def up() -> bool:
-            with socket.socket() as s:
-                s.settimeout(1)
-                return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-        if not wait_until(up, 15, 0.05):
+        if not wait_until(lambda: listens(self.port), 15, 0.05):
             raise BenchError("smtp-sink did not start")
 
     def count(self) -> int:
@@ -902,13 +907,8 @@ class Sink:
         return len(self.ids)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
         if self.files_dir != self.dir:
             shutil.rmtree(self.files_dir, ignore_errors=True)
 
@@ -1257,11 +1257,13 @@ def summarise_profile(text: str, pid: int) -> dict:
 
 # -- report ----------------------------------------------------------------------------
 
+def ratio(a: float, b: float) -> str:
+    """*a*/*b* for the report's ratio column ("-" when *b* is 0)."""
+    return f"{a / b:.2f}" if b else "-"
+
+
 def report(args, results: dict) -> None:
     rows = []
-
-    def ratio(a, b):
-        return f"{a / b:.2f}" if b else "-"
 
     if "throughput" in results:
         tp = results["throughput"]

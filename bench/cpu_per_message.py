@@ -28,39 +28,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (bench/bench.py: the Gmta class, /proc readers, smtp-source)
 
-# smtp → target.queue → a target.smtp whose next hop refuses connections: the
-# message is committed to the queue (fsynced) before the 250, and the first
+# --queue: smtp → target.queue → a target.smtp whose next hop (port 9) refuses
+# connections (bench/templates/gmta-relay.conf, as the deferred scenario uses it):
+# the message is committed to the queue (fsynced) before the 250, and the first
 # delivery attempt fails at once and is deferred, as in bench/remote.py.
-QUEUE_CONFIG = """
-hostname mx.bench.test
-state_dir @STATE@
-runtime_dir @STATE@/run
-log stderr
-tls off
-
-target.smtp nowhere {
-    targets tcp://127.0.0.1:9
-}
-
-target.queue outbound {
-    target &nowhere
-}
-
-smtp tcp://127.0.0.1:0 {
-    max_message_size 64M
-    deliver_to &outbound
-}
-"""
+NOWHERE_PORT = 9
 
 
 def measure(work: Path, label: str, args, checkout: Path) -> tuple[float, float]:
     bench.ROOT = checkout   # Gmta.start runs ROOT/bin/gmta
-    gmta = bench.Gmta(work, label, sys.executable, target=args.target, workers=args.workers)
-    if args.queue:
-        text = QUEUE_CONFIG.replace("@STATE@", str(gmta.state))
-        if args.workers > 1:
-            text = text.replace("\ntls off\n", f"\ntls off\nworkers {args.workers}\n")
-        gmta.config.write_text(text)
+    gmta = bench.Gmta(work, label, sys.executable, target=args.target, workers=args.workers,
+                      sink_port=NOWHERE_PORT if args.queue else 0)
     gmta.start()
     try:
         bench.smtp_source(gmta.port, min(args.sessions, 20), 200, 1024, 60)

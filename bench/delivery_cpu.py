@@ -22,32 +22,17 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (bench/bench.py: free_port, wait_until, listens, stop_process)
+
 WARM_UP = 200
 SINK_START = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + SINK_START
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"smtp-sink did not listen on port {port}")
 
 
 def main() -> None:
@@ -67,12 +52,13 @@ def main() -> None:
     from gmta.config.loader import load_block
     from gmta.delivery import MessageMeta
 
-    port = free_port()
+    port = bench.free_port(0)
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
     sink = subprocess.Popen(["smtp-sink", *user, f"127.0.0.1:{port}", "256"],
                             stdin=subprocess.DEVNULL)
     try:
-        wait_for_port(port)
+        if not bench.wait_until(lambda: bench.listens(port), SINK_START, 0.05):
+            raise SystemExit(f"smtp-sink did not listen on port {port}")
         with tempfile.TemporaryDirectory() as state:
             config = Path(state) / "gmta.conf"
             config.write_text(f"hostname mx.bench.test\nstate_dir {state}\nlog off\n"
@@ -120,12 +106,7 @@ def main() -> None:
         if failures:
             print(f"first failure: {failures[0]!r}", file=sys.stderr)
     finally:
-        sink.terminate()
-        try:
-            sink.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            sink.kill()
-            sink.wait(timeout=5)
+        bench.stop_process(sink, 5)
 
 
 if __name__ == "__main__":

@@ -21,20 +21,20 @@ pages touched count in RSS). See bench/README.md, idle sessions.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-HELO = "client.bench.test"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (bench/bench.py: the idle scenario's sessions, /proc readers)
+
+ROOT = bench.ROOT
 
 # Runs in the gmta process: start tracemalloc before gmta, then take a snapshot
 # when asked through a file (before the idle sessions, and while they are idle).
@@ -73,13 +73,6 @@ main()
 """
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def ask(control: Path, name: str, seconds: float = 120) -> None:
     (control / name).touch()
     deadline = time.monotonic() + seconds
@@ -87,45 +80,6 @@ def ask(control: Path, name: str, seconds: float = 120) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"gmta did not answer the {name!r} request")
         time.sleep(0.1)
-
-
-def one_session(port: int) -> None:
-    """A complete session first, so that every code path is imported before the baseline."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        f = s.makefile("rwb")
-        f.readline()
-        f.write(f"EHLO {HELO}\r\n".encode())
-        f.flush()
-        for _ in range(50):
-            if f.readline().startswith(b"250 "):
-                break
-        f.write(b"QUIT\r\n")
-        f.flush()
-        f.readline()
-
-
-async def idle_sessions(port: int, count: int, while_idle) -> object:
-    sem = asyncio.Semaphore(100)
-    writers = []
-
-    async def one() -> None:
-        async with sem:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", port), 20)
-            writers.append(writer)
-            await asyncio.wait_for(reader.readline(), 20)
-            writer.write(f"EHLO {HELO}\r\n".encode())
-            for _ in range(50):
-                if (await asyncio.wait_for(reader.readline(), 20)).startswith(b"250 "):
-                    return
-
-    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 180)
-    await asyncio.sleep(2)            # every session settles into its idle read
-    try:
-        return while_idle()
-    finally:
-        for writer in writers:
-            writer.close()
 
 
 def main() -> None:
@@ -165,18 +119,20 @@ def main() -> None:
             time.sleep(0.1)
         if not port:
             raise SystemExit("gmta did not listen:\n" + (work / "gmta.log").read_text())
-        one_session(port)
+        bench.one_session(port)
         time.sleep(1)
         ask(work, "before")
-        before = rss_kib(proc.pid)
+        before = bench.status_kib(proc.pid, "VmRSS")
 
         def while_idle() -> int:
-            after = rss_kib(proc.pid)
+            after = bench.status_kib(proc.pid, "VmRSS")
             ask(work, "after")
             return after
 
-        after = asyncio.run(idle_sessions(port, args.sessions, while_idle))
         n = args.sessions
+        idle, after, errors = bench.idle_sessions(port, n, while_idle)
+        if idle != n:
+            raise SystemExit(f"only {idle} of {n} sessions went idle: {errors}")
         print(f"{n} idle sessions: RSS {before} -> {after} KiB = "
               f"{(after - before) / n:.2f} KiB/session"
               + (" (with tracemalloc's own overhead)" if args.trace else ""))
@@ -190,13 +146,8 @@ def main() -> None:
                 frames = re.sub(r"\S*/site-packages/", "", frames)
                 print(f"  {int(size) / n:7.0f} B {int(count) / n:5.1f}  {frames}")
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        if proc is not None:
+            bench.stop_process(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -118,7 +119,6 @@ class Sinks:
 
 
 def _answers(address: str, port: int) -> bool:
-    import socket
     try:
         with socket.create_connection((address, port), timeout=1) as s:
             return s.recv(64).startswith(b"220")
@@ -225,13 +225,9 @@ def gmta_once(args, work: Path, label: str, dns: AuthoritativeDNS) -> dict:
             raise BenchError(f"{label}: {server.events('deferred')} of {n} messages deferred")
         sinks.start()
         bench.settle()
-        cpu0, connected0 = server.cpu(), server.events("mx_connected")
-        start = time.monotonic()
-        server.flush()
-        done = wait_until(lambda: sum(sinks.counts()) >= n, args.remote_timeout, 0.05)
-        seconds = time.monotonic() - start
-        cpu = sum(bench.sub(server.cpu(), cpu0))
-        counts, window = sinks.counts(), sinks.arrival_window()
+        connected0 = server.events("mx_connected")
+        done, seconds, cpu, counts, window = _timed_release(server, server.flush, sinks, n,
+                                                            args.remote_timeout)
         if not done or sum(counts) != n:
             raise BenchError(f"{label}: the sinks got {sum(counts)} of {n} messages")
         if not wait_until(lambda: server.events("done") >= n, 30, 0.1):
@@ -255,13 +251,8 @@ def postfix_once(args, work: Path, label: str, pf_port: int) -> dict:
             raise BenchError(f"{label}: {server.delivered()} of {n} messages on hold")
         sinks.start()
         bench.settle()
-        cpu0 = server.cpu()
-        start = time.monotonic()
-        server.release()
-        done = wait_until(lambda: sum(sinks.counts()) >= n, args.remote_timeout, 0.05)
-        seconds = time.monotonic() - start
-        cpu = sum(bench.sub(server.cpu(), cpu0))
-        counts, window = sinks.counts(), sinks.arrival_window()
+        done, seconds, cpu, counts, window = _timed_release(server, server.release, sinks, n,
+                                                            args.remote_timeout)
         if not done or sum(counts) != n:
             raise BenchError(f"{label}: the sinks got {sum(counts)} of {n} messages; maillog:\n"
                              + server.maillog()[-1500:])
@@ -273,6 +264,20 @@ def postfix_once(args, work: Path, label: str, pf_port: int) -> dict:
         server.stop()
         sinks.stop()
     return _result(n, seconds, window, cpu, connections, counts)
+
+
+def _timed_release(server, release, sinks: Sinks, n: int,
+                   timeout: float) -> tuple[bool, float, float, list[int], float]:
+    """The timed phase: *release()* the queue and wait until the sinks have *n* messages.
+    Returns (all arrived in time, seconds, the server's CPU seconds, messages per sink,
+    the first-to-last arrival window in seconds)."""
+    cpu0 = server.cpu()
+    start = time.monotonic()
+    release()
+    done = wait_until(lambda: sum(sinks.counts()) >= n, timeout, 0.05)
+    seconds = time.monotonic() - start
+    cpu = sum(bench.sub(server.cpu(), cpu0))
+    return done, seconds, cpu, sinks.counts(), sinks.arrival_window()
 
 
 def _result(n: int, seconds: float, window: float, cpu: float, connections: int,
@@ -328,14 +333,14 @@ def report_rows(args, results: dict) -> list[tuple]:
     return [
         (f"queue → 20 MX hosts, msg/s (median of {args.remote_rounds}, "
          f"{args.remote_messages} msgs)", f"{g['median_rate']:.0f}", f"{p['median_rate']:.0f}",
-         f"{g['median_rate'] / p['median_rate']:.2f}", ""),
+         bench.ratio(g["median_rate"], p["median_rate"]), ""),
         ("  the same, first to last arrival at the sinks, msg/s (median)",
          f"{g['median_flow_rate']:.0f}", f"{p['median_flow_rate']:.0f}",
-         f"{g['median_flow_rate'] / p['median_flow_rate']:.2f}", ""),
+         bench.ratio(g["median_flow_rate"], p["median_flow_rate"]), ""),
         ("  connections opened per message (median)",
          f"{g['median_connections_per_msg']:.3f}", f"{p['median_connections_per_msg']:.3f}",
          "", "reuse: < 1"),
         ("  server CPU per message while delivering, ms (median)",
          f"{g['median_cpu_ms_per_msg']:.3f}", f"{p['median_cpu_ms_per_msg']:.3f}",
-         f"{g['median_cpu_ms_per_msg'] / p['median_cpu_ms_per_msg']:.2f}", ""),
+         bench.ratio(g["median_cpu_ms_per_msg"], p["median_cpu_ms_per_msg"]), ""),
     ]
