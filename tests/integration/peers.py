@@ -208,7 +208,50 @@ service lmtp {{
 """
 
 
-class DovecotLMTP:
+class PrivateDovecot:
+    """What every private Dovecot here shares: a world-accessible directory with
+    run/, state/, mail/ and home/, a configuration from a template, ``dovecot -F``
+    waited for until it greets on 127.0.0.1:port, its log, and its stop."""
+
+    def _make_dir(self, prefix: str) -> None:
+        self.dir = world_dir(prefix)
+        for sub in ("run", "state", "mail", "home"):
+            (self.dir / sub).mkdir()
+            (self.dir / sub).chmod(0o777)
+        self.port = free_port()
+
+    def _start(self, binary: str, template: str, **fields) -> None:
+        """Write *template* (with the fields every template has, and *fields*), start it."""
+        nobody = pwd.getpwnam("nobody")
+        self.config = self.dir / "dovecot.conf"
+        self.config.write_text(template.format(
+            dir=self.dir, port=self.port, uid=nobody.pw_uid, gid=nobody.pw_gid,
+            internal=_user_or("dovecot", "nobody"), login=_user_or("dovenull", "nobody"),
+            **fields))
+        self.process = subprocess.Popen([binary, "-F", "-c", str(self.config)],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+        try:
+            wait_for_banner(("127.0.0.1", self.port), process=self.process)
+        except AssertionError as e:
+            log = self.log()
+            self.stop()
+            raise AssertionError(f"{e}\n{log}") from None
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        path = self.dir / "dovecot.log"
+        return path.read_text() if path.exists() else ""
+
+    def stop(self) -> None:
+        _stop(self.process)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DovecotLMTP(PrivateDovecot):
     """A private Dovecot serving LMTP on 127.0.0.1:port and on ``socket_path``.
 
     *users* maps an address to None or a quota rule such as ``*:storage=1K``.
@@ -216,35 +259,13 @@ class DovecotLMTP:
 
     def __init__(self, users: dict[str, str | None]):
         binary = _need("dovecot")
-        self.dir = world_dir("gmta-dovecot-")
-        for sub in ("run", "state", "mail", "home"):
-            (self.dir / sub).mkdir()
-            (self.dir / sub).chmod(0o777)
-        self.port = free_port()
-        nobody = pwd.getpwnam("nobody")
+        self._make_dir("gmta-dovecot-")
         lines = []
         for address, quota in users.items():
             extra = f"userdb_quota_rule={quota}" if quota else ""
             lines.append(f"{address}:{{PLAIN}}unused::::::{extra}")
         (self.dir / "users").write_text("\n".join(lines) + "\n")
-        self.config = self.dir / "dovecot.conf"
-        self.config.write_text(DOVECOT_CONF.format(
-            dir=self.dir, port=self.port, uid=nobody.pw_uid, gid=nobody.pw_gid,
-            internal=_user_or("dovecot", "nobody"), login=_user_or("dovenull", "nobody")))
-        self.process = subprocess.Popen([binary, "-F", "-c", str(self.config)],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
-        try:
-            wait_for_banner(("127.0.0.1", self.port), process=self.process)
-        except AssertionError as e:
-            log = (self.dir / "dovecot.log").read_text() if (self.dir / "dovecot.log").exists() \
-                else ""
-            self.stop()
-            raise AssertionError(f"{e}\n{log}") from None
-
-    @property
-    def address(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
+        self._start(binary, DOVECOT_CONF)
 
     @property
     def socket_path(self) -> str:
@@ -258,14 +279,6 @@ class DovecotLMTP:
             if folder.is_dir():
                 found += [p.read_bytes() for p in sorted(folder.iterdir())]
         return found
-
-    def log(self) -> str:
-        path = self.dir / "dovecot.log"
-        return path.read_text() if path.exists() else ""
-
-    def stop(self) -> None:
-        _stop(self.process)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _user_or(name: str, fallback: str) -> str:
@@ -336,7 +349,7 @@ service submission-login {{
 """
 
 
-class DovecotSubmission:
+class DovecotSubmission(PrivateDovecot):
     """A private Dovecot submission server on 127.0.0.1:port relaying to *relay_port*.
 
     Its server certificate (for ``submission.test`` and 127.0.0.1) and the CA it trusts for
@@ -348,37 +361,11 @@ class DovecotSubmission:
         if not os.path.exists("/usr/lib/dovecot/submission-login"):
             pytest.fail("dovecot-submissiond is not installed: run the README's test command "
                         "(bash tests/run)")
-        self.dir = world_dir("gmta-dovecot-submission-")
-        for sub in ("run", "state", "mail", "home"):
-            (self.dir / sub).mkdir()
-            (self.dir / sub).chmod(0o777)
+        self._make_dir("gmta-dovecot-submission-")
         # Dovecot's config process reads these files (as root) and hands their contents on.
         cert, key = ca.issue("submission.test")
-        self.port = free_port()
-        nobody = pwd.getpwnam("nobody")
-        self.config = self.dir / "dovecot.conf"
-        self.config.write_text(DOVECOT_SUBMISSION_CONF.format(
-            dir=self.dir, port=self.port, relay_port=relay_port, cert=cert, key=key,
-            ca=ca.cert_path, uid=nobody.pw_uid,
-            gid=nobody.pw_gid, internal=_user_or("dovecot", "nobody"),
-            login=_user_or("dovenull", "nobody")))
-        self.process = subprocess.Popen([binary, "-F", "-c", str(self.config)],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
-        try:
-            wait_for_banner(("127.0.0.1", self.port), process=self.process)
-        except AssertionError as e:
-            log = self.log()
-            self.stop()
-            raise AssertionError(f"{e}\n{log}") from None
-
-    @property
-    def address(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        path = self.dir / "dovecot.log"
-        return path.read_text() if path.exists() else ""
+        self._start(binary, DOVECOT_SUBMISSION_CONF, relay_port=relay_port, cert=cert,
+                    key=key, ca=ca.cert_path)
 
     def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
         deadline = time.monotonic() + timeout
@@ -387,10 +374,6 @@ class DovecotSubmission:
                 return found
             time.sleep(0.05)
         raise AssertionError(f"{text!r} not in Dovecot's log:\n{self.log()}")
-
-    def stop(self) -> None:
-        _stop(self.process)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ def _client_gone(sock: socket.socket) -> bool:
 
 @dataclass
 class Received:
-    """One message the MX accepted (its 250 was sent)."""
+    """One message the MX accepted (recorded as its 250 is sent)."""
 
     mail_from: str
     rcpts: list[str]
@@ -137,20 +137,16 @@ class ScriptedMX:
                     if faulty and self.lmtp_replies is not None:
                         machine.reply_per_recipient([None] * len(rcpts))
                         lines = machine.data_to_send().split(b"\r\n")
-                        sock.sendall(b"".join(line + b"\r\n"
-                                              for line in lines[:self.lmtp_replies]))
-                        with self._lock:
-                            self.received.append(Received(mail_from,
-                                                          rcpts[:self.lmtp_replies],
-                                                          bytes(data), number))
+                        self._answer_content(sock, b"".join(
+                            line + b"\r\n" for line in lines[:self.lmtp_replies]),
+                            Received(mail_from, rcpts[:self.lmtp_replies], bytes(data), number))
                         return
                     if self.lmtp:
                         machine.reply_per_recipient([None] * len(rcpts))
                     else:
                         machine.accept()
-                    sock.sendall(machine.data_to_send())
-                    with self._lock:
-                        self.received.append(Received(mail_from, rcpts, bytes(data), number))
+                    self._answer_content(sock, machine.data_to_send(),
+                                         Received(mail_from, rcpts, bytes(data), number))
                     continue
                 if event.needs_answer:
                     machine.accept()
@@ -160,6 +156,19 @@ class ScriptedMX:
             pass   # the client went away: its business
         finally:
             sock.close()
+
+    def _answer_content(self, sock: socket.socket, reply: bytes, received: Received) -> None:
+        """Record *received*, then send *reply* (its 250s). Recorded first: a client that
+        has read the 250 finds the message in ``received`` at once. A send that fails
+        (the client went away) withdraws it."""
+        with self._lock:
+            self.received.append(received)
+        try:
+            sock.sendall(reply)
+        except OSError:
+            with self._lock:
+                self.received[:] = [r for r in self.received if r is not received]
+            raise
 
     def _hold(self, sock: socket.socket, seconds: float) -> bool:
         """Wait *seconds* before replying; False as soon as the client hangs up."""

@@ -11,6 +11,8 @@ from chosen 127.0.0.x addresses.
 from __future__ import annotations
 
 import smtplib
+import socket
+from contextlib import contextmanager
 
 import pytest
 
@@ -46,6 +48,23 @@ def connect(gmta, source: str = CLIENT_IP, helo: str = "client.test") -> smtplib
                           source_address=(source, 0))
     client.ehlo(helo)
     return client
+
+
+@contextmanager
+def proxied_session(gmta):
+    """A raw session that sends a PROXY header naming CLIENT_IP, then EHLO:
+    (socket, its reader) once the EHLO reply has been read."""
+    with socket.create_connection(("127.0.0.1", gmta.port()), timeout=10) as sock:
+        sock.sendall(f"PROXY TCP4 {CLIENT_IP} 127.0.0.1 4000 25\r\n".encode())
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        sock.sendall(b"EHLO client.test\r\n")
+        # Up to the last line of the EHLO reply; at EOF readline gives b"" and ends it.
+        line = reader.readline()
+        while line.startswith(b"250-"):
+            line = reader.readline()
+        assert line.startswith(b"250 "), line
+        yield sock, reader
 
 
 def message(sender: str, rcpt: str, extra: str = "") -> bytes:
@@ -131,14 +150,7 @@ def test_spf_follows_the_proxied_client_address(start_gmta, state_dir, dns_serve
     dns_server.start()
     inner = SPF_OVERRIDES + "    proxy_protocol 127.0.0.1\n"
     gmta = start_gmta(endpoint(state_dir, dns_server, inner))
-    import socket
-    with socket.create_connection(("127.0.0.1", gmta.port()), timeout=10) as sock:
-        sock.sendall(f"PROXY TCP4 {CLIENT_IP} 127.0.0.1 4000 25\r\n".encode())
-        reader = sock.makefile("rb")
-        assert reader.readline().startswith(b"220")
-        sock.sendall(b"EHLO client.test\r\n")
-        while not reader.readline().startswith(b"250 "):
-            pass
+    with proxied_session(gmta) as (sock, reader):
         sock.sendall(b"MAIL FROM:<user@pass.spf.test>\r\n")
         assert reader.readline().startswith(b"250")
         sock.sendall(b"RSET\r\nMAIL FROM:<user@fail.spf.test>\r\n")
@@ -153,14 +165,7 @@ def test_spf_judges_the_real_address_behind_an_untrusted_proxy(start_gmta, state
     dns_server.start()
     inner = SPF_OVERRIDES + "    proxy_protocol {\n        trust 10.0.0.0/8\n    }\n"
     gmta = start_gmta(endpoint(state_dir, dns_server, inner))
-    import socket
-    with socket.create_connection(("127.0.0.1", gmta.port()), timeout=10) as sock:
-        sock.sendall(f"PROXY TCP4 {CLIENT_IP} 127.0.0.1 4000 25\r\n".encode())
-        reader = sock.makefile("rb")
-        assert reader.readline().startswith(b"220")
-        sock.sendall(b"EHLO client.test\r\n")
-        while not reader.readline().startswith(b"250 "):
-            pass
+    with proxied_session(gmta) as (sock, reader):
         # pass.spf.test allows CLIENT_IP only; the session's address is 127.0.0.1.
         sock.sendall(b"MAIL FROM:<user@pass.spf.test>\r\n")
         assert reader.readline().startswith(b"552 5.7.0")

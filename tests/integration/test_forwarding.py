@@ -50,6 +50,23 @@ smtp tcp://127.0.0.1:0 {{
 """)
 
 
+def queue_to(start_gmta, state_dir, sink, target_extra: str = ""):
+    """The smtp endpoint into a queue whose target.smtp relays to *sink*."""
+    return start_gmta(base_config(state_dir, "tls off") + f"""
+target.smtp relay_out {{
+    targets {sink.address}
+    attempt_starttls no
+    {target_extra}
+}}
+target.queue outbound {{
+    target &relay_out
+}}
+smtp tcp://127.0.0.1:0 {{
+    deliver_to &outbound
+}}
+""")
+
+
 # --- T1, T2: targets tried in order. -------------------------------------------------
 
 def test_t1_first_target_up_second_never_contacted(start_gmta, state_dir, smtp_sink):
@@ -350,9 +367,9 @@ def test_8bitmime_is_passed_on_to_a_server_that_offers_it(start_gmta, state_dir,
 
 # --- AUTH. ------------------------------------------------------------------------------
 
-@pytest.fixture
-def auth_downstream(start_gmta, tmp_path, ca):
-    """gmta's submission endpoint with auth.pass_table: it refuses mail without AUTH."""
+def start_auth_downstream(start_gmta, tmp_path, ca, users: tuple[str, ...]):
+    """gmta's submission endpoint with auth.pass_table knowing *users* (password
+    PASSWORD): it refuses mail without AUTH."""
     cert, key = ca.issue("submission.test")
     state = tmp_path / "submission"
     state.mkdir()
@@ -369,18 +386,44 @@ submission tcp://127.0.0.1:0 {{
 """
     config = tmp_path / "submission.conf"
     config.write_text(config_text)
-    created = subprocess.run(GMTA + ["creds", "create", "-c", str(config), "--password", PASSWORD,
-                                     "alice@example.org"], capture_output=True, text=True,
-                             timeout=60)
-    assert created.returncode == 0, created.stderr
+    for user in users:
+        created = subprocess.run(GMTA + ["creds", "create", "-c", str(config), "--password",
+                                         PASSWORD, user], capture_output=True, text=True,
+                                 timeout=60)
+        assert created.returncode == 0, created.stderr
     process = start_gmta(config_text)
     process.state_dir = state
     process.passwd = state / "passwd"
     return process
 
 
+@pytest.fixture
+def auth_downstream(start_gmta, tmp_path, ca):
+    """gmta's submission endpoint with auth.pass_table: it refuses mail without AUTH."""
+    return start_auth_downstream(start_gmta, tmp_path, ca, ("alice@example.org",))
+
+
 def tls_client_block(ca) -> str:
     return f"tls_client {{\n root_ca {ca.cert_path}\n }}"
+
+
+def auth_forward_upstream(start_gmta, state_dir, downstream, ca):
+    """A submission endpoint checking *downstream*'s password file and forwarding
+    each client's credentials to it (``auth forward``)."""
+    return start_gmta(base_config(state_dir, "tls off") + f"""
+auth.pass_table upstream_authdb {{
+    table file {downstream.passwd}
+}}
+submission tcp://127.0.0.1:0 {{
+    auth &upstream_authdb
+    deliver_to target.smtp {{
+        targets tcp://127.0.0.1:{downstream.port()}
+        require_tls yes
+        auth forward
+        {tls_client_block(ca)}
+    }}
+}}
+""")
 
 
 def test_auth_plain_to_a_downstream_that_requires_it(start_gmta, state_dir, auth_downstream, ca):
@@ -412,21 +455,7 @@ def test_auth_plain_with_a_wrong_password_passes_the_refusal_on(start_gmta, stat
 
 
 def test_auth_forward_uses_the_clients_credentials(start_gmta, state_dir, auth_downstream, ca):
-    # The upstream is a submission endpoint checking the same password file.
-    gmta = start_gmta(base_config(state_dir, "tls off") + f"""
-auth.pass_table upstream_authdb {{
-    table file {auth_downstream.passwd}
-}}
-submission tcp://127.0.0.1:0 {{
-    auth &upstream_authdb
-    deliver_to target.smtp {{
-        targets tcp://127.0.0.1:{auth_downstream.port()}
-        require_tls yes
-        auth forward
-        {tls_client_block(ca)}
-    }}
-}}
-""")
+    gmta = auth_forward_upstream(start_gmta, state_dir, auth_downstream, ca)
     with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=30) as client:
         client.login("alice@example.org", PASSWORD)
         client.sendmail("alice@example.org", ["b@example.test"],

@@ -17,6 +17,7 @@ pipelined DATA are in tests/unit/test_client_pipelined_data.py, byte for byte.
 from __future__ import annotations
 
 import smtplib
+from contextlib import contextmanager
 
 import pytest
 
@@ -24,9 +25,8 @@ import gmta.modules  # noqa: F401  (fills the module registry for load_block)
 from gmta.buffer import MemoryBuffer
 from gmta.delivery import MessageMeta, PartialDeliveryError
 from gmta.errors import SMTPError
-from tests.integration.conftest import base_config
 from tests.integration.peers import dovecot_lmtp, smtp_sink  # noqa: F401
-from tests.integration.test_forwarding import load_target
+from tests.integration.test_forwarding import load_target, queue_to
 
 pytestmark = pytest.mark.integration
 
@@ -38,20 +38,21 @@ MESSAGE = (b"From: a@example.org\r\nTo: b@example.test\r\nSubject: batch\r\n"
            b"Message-Id: <batch@example.org>\r\n\r\n" + BODY)
 
 
+@contextmanager
+def started_smtp_target(tmp_path, state_dir, sink):
+    """A started target.smtp to *sink*, driven in this process; stopped at the end."""
+    target = load_target(tmp_path, state_dir, f"target.smtp mailboxes {{\n targets "
+                                              f"{sink.address}\n attempt_starttls no\n}}\n")
+    target.start()
+    try:
+        yield target
+    finally:
+        target.stop()
+
+
 def test_relayed_through_the_queue_message_arrives_intact(start_gmta, state_dir, smtp_sink):
     sink = smtp_sink()
-    gmta = start_gmta(base_config(state_dir, "tls off") + f"""
-target.smtp relay_out {{
-    targets {sink.address}
-    attempt_starttls no
-}}
-target.queue outbound {{
-    target &relay_out
-}}
-smtp tcp://127.0.0.1:0 {{
-    deliver_to &outbound
-}}
-""")
+    gmta = queue_to(start_gmta, state_dir, sink)
     with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=30) as client:
         assert client.sendmail("a@example.org", ["b@example.test", "c@example.test"],
                                MESSAGE) == {}
@@ -70,10 +71,7 @@ smtp tcp://127.0.0.1:0 {{
 
 def test_target_smtp_batch_answers_the_recipients_at_body(tmp_path, state_dir, smtp_sink):
     sink = smtp_sink()
-    target = load_target(tmp_path, state_dir, f"target.smtp mailboxes {{\n targets "
-                                              f"{sink.address}\n attempt_starttls no\n}}\n")
-    target.start()
-    try:
+    with started_smtp_target(tmp_path, state_dir, sink) as target:
         sessions = []
         target.on_connect = sessions.append
         for n in range(2):
@@ -84,8 +82,6 @@ def test_target_smtp_batch_answers_the_recipients_at_body(tmp_path, state_dir, s
             assert delivery.receipts["b@example.test"]["reply"].startswith("250 ")
         assert len(sink.wait_for_messages(2)) == 2
         assert len(sessions) == 1   # the second message reused the first session
-    finally:
-        target.stop()
 
 
 @pytest.fixture
@@ -139,10 +135,7 @@ def test_lmtp_batch_every_recipient_refused_sends_no_content(lmtp_target):
 
 def test_batch_mail_refusal_is_every_recipients_answer(tmp_path, state_dir, smtp_sink):
     sink = smtp_sink("-r", "MAIL", "-b", "451 4.3.0 Not now")
-    target = load_target(tmp_path, state_dir, f"target.smtp mailboxes {{\n targets "
-                                              f"{sink.address}\n attempt_starttls no\n}}\n")
-    target.start()
-    try:
+    with started_smtp_target(tmp_path, state_dir, sink) as target:
         delivery = target.start_delivery(MessageMeta("m1", batch=True), "a@example.org")
         delivery.add_rcpt("b@example.test")
         delivery.add_rcpt("c@example.test")
@@ -151,16 +144,11 @@ def test_batch_mail_refusal_is_every_recipients_answer(tmp_path, state_dir, smtp
         delivery.abort()
         assert (refused.value.code, refused.value.enhanced) == (451, (4, 3, 0))
         assert sink.messages() == []
-    finally:
-        target.stop()
 
 
 def test_batch_every_rcpt_refused_one_command_at_a_time(tmp_path, state_dir, smtp_sink):
     sink = smtp_sink("-r", "RCPT", "-b", "450 4.2.1 Try later")   # and no PIPELINING
-    target = load_target(tmp_path, state_dir, f"target.smtp mailboxes {{\n targets "
-                                              f"{sink.address}\n attempt_starttls no\n}}\n")
-    target.start()
-    try:
+    with started_smtp_target(tmp_path, state_dir, sink) as target:
         delivery = target.start_delivery(MessageMeta("r1", batch=True), "a@example.org")
         delivery.add_rcpt("b@example.test")
         delivery.add_rcpt("c@example.test")
@@ -169,5 +157,3 @@ def test_batch_every_rcpt_refused_one_command_at_a_time(tmp_path, state_dir, smt
         delivery.abort()
         assert (refused.value.code, refused.value.enhanced) == (450, (4, 2, 1))
         assert sink.messages() == []
-    finally:
-        target.stop()

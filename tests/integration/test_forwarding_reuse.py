@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import re
 import smtplib
-import subprocess
 import time
 
 import pytest
 
-from tests.integration.conftest import GMTA, base_config
 from tests.integration.peers import SmtpSink, ca, smtp_sink  # noqa: F401
-from tests.integration.test_forwarding import PASSWORD, tls_client_block
+from tests.integration.test_forwarding import (PASSWORD, auth_forward_upstream, queue_to,
+                                               start_auth_downstream)
 
 pytestmark = pytest.mark.integration
 
@@ -46,22 +45,6 @@ def wait_for_deliveries(gmta, count: int, timeout: float = 20.0) -> list[str]:
         time.sleep(0.05)
     raise AssertionError(f"{len(sessions_used(gmta))} of {count} delivered:\n"
                          + "\n".join(gmta.lines))
-
-
-def queue_to(start_gmta, state_dir, sink, target_extra: str = ""):
-    return start_gmta(base_config(state_dir, "tls off") + f"""
-target.smtp relay_out {{
-    targets {sink.address}
-    attempt_starttls no
-    {target_extra}
-}}
-target.queue outbound {{
-    target &relay_out
-}}
-smtp tcp://127.0.0.1:0 {{
-    deliver_to &outbound
-}}
-""")
 
 
 def test_messages_through_the_queue_share_few_sessions(start_gmta, state_dir, smtp_sink):
@@ -109,49 +92,14 @@ def test_a_session_closed_while_idle_is_replaced_without_failing(start_gmta, sta
 def two_user_downstream(start_gmta, tmp_path, ca):
     """gmta's submission endpoint knowing alice and bob (the one of test_forwarding
     knows alice only, and its password file is re-read every 15 s)."""
-    cert, key = ca.issue("submission.test")
-    state = tmp_path / "submission"
-    state.mkdir()
-    config_text = base_config(state, f"tls file {cert} {key}") + f"""
-auth.pass_table local_authdb {{
-    table file {state}/passwd
-}}
-submission tcp://127.0.0.1:0 {{
-    auth &local_authdb
-    deliver_to target.maildir {{
-        path maildir/{{domain}}/{{local}}
-    }}
-}}
-"""
-    config = tmp_path / "submission.conf"
-    config.write_text(config_text)
-    for user in ("alice@example.org", "bob@example.org"):
-        created = subprocess.run(GMTA + ["creds", "create", "-c", str(config), "--password",
-                                         PASSWORD, user], capture_output=True, text=True,
-                                 timeout=60)
-        assert created.returncode == 0, created.stderr
-    process = start_gmta(config_text)
-    process.passwd = state / "passwd"
-    return process
+    return start_auth_downstream(start_gmta, tmp_path, ca,
+                                 ("alice@example.org", "bob@example.org"))
 
 
 def test_auth_forward_never_reuses_a_session_across_users(start_gmta, state_dir, ca,
                                                           two_user_downstream):
     auth_downstream = two_user_downstream
-    gmta = start_gmta(base_config(state_dir, "tls off") + f"""
-auth.pass_table upstream_authdb {{
-    table file {auth_downstream.passwd}
-}}
-submission tcp://127.0.0.1:0 {{
-    auth &upstream_authdb
-    deliver_to target.smtp {{
-        targets tcp://127.0.0.1:{auth_downstream.port()}
-        require_tls yes
-        auth forward
-        {tls_client_block(ca)}
-    }}
-}}
-""")
+    gmta = auth_forward_upstream(start_gmta, state_dir, auth_downstream, ca)
     order = ["alice", "bob", "alice", "bob", "alice"]
     for n, user in enumerate(order):
         with smtplib.SMTP("127.0.0.1", gmta.port(), timeout=30) as client:

@@ -35,11 +35,16 @@ smtp tcp://127.0.0.1:0 {
 """
 
 
-def test_systemd_hears_ready_then_stopping(start_gmta, state_dir, tmp_path):
+def notify_socket(path: Path, timeout: float = 10.0) -> socket.socket:
+    """A datagram socket on *path* standing in for systemd's (NOTIFY_SOCKET, sd_notify(3))."""
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify.sock"))
-    notify.settimeout(10)
-    with notify:
+    notify.bind(str(path))
+    notify.settimeout(timeout)
+    return notify
+
+
+def test_systemd_hears_ready_then_stopping(start_gmta, state_dir, tmp_path):
+    with notify_socket(tmp_path / "notify.sock") as notify:
         gmta = start_gmta(base_config(state_dir) + MAILDIR,
                           env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
         ready = notify.recv(4096).decode()
@@ -74,10 +79,7 @@ def test_sigusr1_reopens_the_log_file_after_rotation(start_gmta, state_dir):
 def test_systemd_hears_reloading_then_ready(start_gmta, state_dir, tmp_path):
     """sd_notify(3): RELOADING=1 with MONOTONIC_USEC (systemd ≥ 253), then READY=1 —
     also after a refused reload, since gmta goes on serving."""
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify.sock"))
-    notify.settimeout(10)
-    with notify:
+    with notify_socket(tmp_path / "notify.sock") as notify:
         gmta = start_gmta(base_config(state_dir) + MAILDIR,
                           env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
         assert notify.recv(4096).startswith(b"READY=1\n")
@@ -142,6 +144,24 @@ def _free_privileged_port(below: int = 1024) -> int:
     pytest.skip(f"no free port below {below} on 127.0.0.1")
 
 
+def command_readable_by_nobody(directory: Path) -> list[str]:
+    """``gmta run``'s command with a copy of gmta in *directory*, for a test that drops
+    to nobody (skipped where the system python's libraries are missing)."""
+    # After the drop gmta may import lazily: the interpreter, its libraries and
+    # gmta must be readable by nobody. Debian's python3 with Debian's gevent,
+    # dnspython, cryptography, click and argon2 (the package's own setting) is;
+    # a checkout or virtualenv under /root may not be.
+    check = subprocess.run([SYSTEM_PYTHON, "-c", "import gevent, dns, cryptography, click, argon2"],
+                           capture_output=True, timeout=30)
+    if check.returncode != 0:
+        pytest.skip("Debian's python3-gevent/dnspython/cryptography/click/argon2 are not "
+                    "installed (bash tests/run installs them)")
+    code = directory / "code"
+    shutil.copytree(ROOT / "gmta", code / "gmta", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "bin" / "gmta", code / "gmta-run")
+    return [SYSTEM_PYTHON, str(code / "gmta-run")]
+
+
 @pytest.fixture
 def world_readable_dir():
     """A directory ``nobody`` can enter (pytest's tmp_path is root's, mode 0700)."""
@@ -153,18 +173,7 @@ def world_readable_dir():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 def test_run_as_binds_a_privileged_port_then_drops_to_nobody(world_readable_dir):
-    # After the drop gmta may import lazily: the interpreter, its libraries and
-    # gmta must be readable by nobody. Debian's python3 with Debian's gevent,
-    # dnspython, cryptography, click and argon2 (the package's own setting) is;
-    # a checkout or virtualenv under /root may not be.
-    check = subprocess.run([SYSTEM_PYTHON, "-c", "import gevent, dns, cryptography, click, argon2"],
-                           capture_output=True, timeout=30)
-    if check.returncode != 0:
-        pytest.skip("Debian's python3-gevent/dnspython/cryptography/click/argon2 are not "
-                    "installed (bash tests/run installs them)")
-    code = world_readable_dir / "code"
-    shutil.copytree(ROOT / "gmta", code / "gmta", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "bin" / "gmta", code / "gmta-run")
+    command = command_readable_by_nobody(world_readable_dir)
     state = world_readable_dir / "state"
     port = _free_privileged_port()
     config = world_readable_dir / "gmta.conf"
@@ -182,7 +191,7 @@ smtp tcp://127.0.0.1:{port} tcp://127.0.0.1:0 {{
 }}
 """)
     nobody = pwd.getpwnam("nobody")
-    gmta = GmtaProcess(config, command=[SYSTEM_PYTHON, str(code / "gmta-run")])
+    gmta = GmtaProcess(config, command=command)
     try:
         gmta.wait_for(r"event=started")
         assert f"event=privileges_dropped user=nobody uid={nobody.pw_uid} " \

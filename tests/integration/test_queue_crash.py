@@ -96,6 +96,18 @@ def count_subjects(texts) -> dict[int, int]:
     return counts
 
 
+def wait_drained(stream: Stream, delivered: Callable[[], dict[int, int]], queue_dir: Path,
+                 timeout: float = 30.0) -> None:
+    """Until every accepted message is *delivered* and the queue is empty, or *timeout*
+    (the caller's checks then say what is missing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = delivered()
+        if all(n in counts for n in stream.accepted) and not list((queue_dir / "msg").iterdir()):
+            return
+        time.sleep(0.2)
+
+
 def stream_with_kills(conf: Path, queue_dir: Path, stream: Stream, kills: int,
                       delivered: Callable[[], dict[int, int]],
                       gap: tuple[float, float]) -> dict[int, int]:
@@ -123,13 +135,7 @@ def stream_with_kills(conf: Path, queue_dir: Path, stream: Stream, kills: int,
                 assert not t.is_alive()
         final = processes[-1]
         # Whatever is still queued is delivered by the last process.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            counts = delivered()
-            if all(n in counts for n in stream.accepted) and \
-                    not list((queue_dir / "msg").iterdir()):
-                break
-            time.sleep(0.2)
+        wait_drained(stream, delivered, queue_dir)
         assert final.proc.poll() is None, "\n".join(final.lines)
     finally:
         for process in processes:

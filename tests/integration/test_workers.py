@@ -11,11 +11,9 @@ import os
 import pwd
 import random
 import re
-import shutil
 import signal
 import smtplib
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration import test_queue_crash as crash
-from tests.integration.conftest import (ROOT, START_TIMEOUT, GmtaProcess, base_config,
+from tests.integration.conftest import (START_TIMEOUT, GmtaProcess, base_config,
                                        maildir_messages)
 from tests.integration.peers import smtp_sink  # noqa: F401, F811 (fixture)
-from tests.integration.test_process_shell import (SYSTEM_PYTHON, _free_privileged_port,
+from tests.integration.test_process_shell import (_free_privileged_port,
+                                                  command_readable_by_nobody, notify_socket,
                                                   world_readable_dir)  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -260,13 +259,7 @@ def test_no_message_answered_250_is_lost_when_workers_or_the_supervisor_die(
             for t in senders:
                 t.join(30)
                 assert not t.is_alive()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            counts = delivered_to_sink(sink)
-            if all(n in counts for n in stream.accepted) and \
-                    not list((state_dir / "q" / "msg").iterdir()):
-                break
-            time.sleep(0.2)
+        crash.wait_drained(stream, lambda: delivered_to_sink(sink), state_dir / "q")
         assert gmta.proc.poll() is None, "\n".join(gmta.lines)
     finally:
         for process in processes:
@@ -345,12 +338,9 @@ def test_start_fails_cleanly_when_the_port_is_taken(tmp_path, state_dir, quiet_d
 
 
 def test_systemd_hears_ready_once_both_workers_listen(tmp_path, state_dir, quiet_dns_server):
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify.sock"))
-    notify.settimeout(15)
     conf = tmp_path / "gmta.conf"
     conf.write_text(f"dns_servers {quiet_dns_server.directive}\n" + maildir_config(state_dir))
-    with notify:
+    with notify_socket(tmp_path / "notify.sock", timeout=15) as notify:
         gmta = GmtaProcess(conf, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
         try:
             assert notify.recv(4096).decode() == "READY=1\nSTATUS=accepting mail with 2 workers"
@@ -366,15 +356,7 @@ def test_systemd_hears_ready_once_both_workers_listen(tmp_path, state_dir, quiet
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 def test_workers_run_as_nobody_on_a_privileged_port(world_readable_dir):  # noqa: F811
-    # As in test_process_shell: code and interpreter readable by nobody.
-    check = subprocess.run([SYSTEM_PYTHON, "-c", "import gevent, dns, cryptography, click, argon2"],
-                           capture_output=True, timeout=30)
-    if check.returncode != 0:
-        pytest.skip("Debian's python3-gevent/dnspython/cryptography/click/argon2 are missing")
-    code = world_readable_dir / "code"
-    shutil.copytree(ROOT / "gmta", code / "gmta", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "bin" / "gmta", code / "gmta-run")
-    command = [str(code / "gmta-run")]
+    command = command_readable_by_nobody(world_readable_dir)
     state = world_readable_dir / "state"
     port = _free_privileged_port()
     config = world_readable_dir / "gmta.conf"
@@ -391,7 +373,7 @@ smtp tcp://127.0.0.1:{port} {{
 }}
 """)
     nobody = pwd.getpwnam("nobody")
-    gmta = GmtaProcess(config, command=[SYSTEM_PYTHON, *command])
+    gmta = GmtaProcess(config, command=command)
     try:
         gmta.wait_for(SUPERVISOR_READY)
         # The supervisor bound the port as root, then dropped; the workers never were root.
